@@ -1,0 +1,74 @@
+"""One settings class for every reelforge process, read from REELFORGE_* environment variables.
+
+Validated at start-up: a production deployment refuses development-only conveniences.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REELFORGE_", extra="ignore")
+
+    environment: Literal["development", "production"] = "production"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery shares the Redis server but uses its own database so FLUSHDB on jobs never eats messages.
+    broker_url: str | None = None
+
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="Endpoint used in presigned URLs handed to people; defaults to s3_endpoint_url."
+    )
+    s3_bucket: str = "reelforge"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "reelforge"
+    s3_secret_access_key: str = "reelforge-secret"
+
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    engine_backend: Literal["torch"] = "torch"
+    engine_device: str = "cpu"
+    engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
+
+    # A job that fails this many GPU attempts ends `failed` with code max_attempts_exceeded.
+    max_attempts: int = Field(default=3, ge=1)
+    # Celery hard time limit for one GPU attempt; the broker visibility timeout is derived from it.
+    gpu_task_time_limit_s: int = Field(default=600, ge=10)
+    asset_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    idempotency_ttl_s: int = 24 * 3600
+
+    max_body_bytes: int = 64 * 1024
+
+    webhook_timeout_s: float = 15.0
+    webhook_max_attempts: int = Field(default=5, ge=1)
+    # Backoff between webhook attempts; later issues replace it by the Standard Webhooks schedule.
+    webhook_backoff_s: list[float] = [1.0, 5.0, 30.0, 300.0]
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        # Above the hard limit, so a long but healthy task is never redelivered while it still runs.
+        return self.gpu_task_time_limit_s * 2 + 60
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> "Settings":
+        if self.environment == "production" and self.s3_secret_access_key == "reelforge-secret":
+            raise ValueError(
+                "REELFORGE_S3_SECRET_ACCESS_KEY is the development default; set a real secret "
+                "or REELFORGE_ENVIRONMENT=development"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
