@@ -1,0 +1,60 @@
+"""The Celery application shared by every worker and by the gateway (which only publishes).
+
+The gateway publishes by task name, so it never imports torch or the workers' code.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from reelforge.core.contracts import Priority
+from reelforge.settings import Settings, get_settings
+
+QUEUE_GPU_INTERACTIVE = "gpu-interactive"
+QUEUE_GPU_BATCH = "gpu-batch"
+QUEUE_POSTPROCESS = "postprocess"
+QUEUE_WEBHOOKS = "webhooks"
+ALL_QUEUES = (QUEUE_GPU_INTERACTIVE, QUEUE_GPU_BATCH, QUEUE_POSTPROCESS, QUEUE_WEBHOOKS)
+
+TASK_GENERATE = "reelforge.gpu.generate"
+TASK_POSTPROCESS = "reelforge.postprocess.encode"
+TASK_WEBHOOK = "reelforge.webhooks.deliver"
+
+GPU_QUEUE_BY_PRIORITY = {Priority.interactive: QUEUE_GPU_INTERACTIVE, Priority.batch: QUEUE_GPU_BATCH}
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("reelforge", broker=settings.celery_broker_url)
+    app.conf.update(
+        task_queues=[Queue(name) for name in ALL_QUEUES],
+        task_default_queue=QUEUE_GPU_BATCH,
+        task_routes={
+            TASK_POSTPROCESS: {"queue": QUEUE_POSTPROCESS},
+            TASK_WEBHOOK: {"queue": QUEUE_WEBHOOKS},
+        },
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # At-least-once: ack after the task ran, and put the message back if the worker process died.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.gpu_task_time_limit_s,
+        task_soft_time_limit=settings.gpu_task_time_limit_s - 5,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Poll queues in the order a worker lists them (-Q gpu-interactive,gpu-batch): interactive
+            # work is always taken first; batch waits while interactive work is queued.
+            "queue_order_strategy": "priority",
+        },
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app
+
+
+celery_app = create_celery()

@@ -1,0 +1,197 @@
+"""The `reelforge` command: run the local stack, run one deployable, manage keys, generate a video."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA_DIR = Path(".reelforge")
+EXAMPLE_PROMPT = "a red circle moving left on a black background"
+
+
+@click.group()
+def main() -> None:
+    """reelforge: serve text-to-video models behind an OpenAI-compatible Videos API."""
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True,
+              help="All state of this stack (Redis AOF, object store, logs) lives here.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Gateway port.")
+@click.option("--redis-port", type=int, default=0, help="0 picks a free port.")
+@click.option("--s3-port", type=int, default=0, help="0 picks a free port.")
+@click.option("--detach", is_flag=True, help="Return once the stack is ready; stop it with `reelforge down`.")
+def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool) -> None:
+    """Run the whole local stack: Redis, SeaweedFS, gateway and the three workers."""
+    from reelforge.devstack.stack import StackConfig, StackError, start_stack
+
+    config = StackConfig(data_dir=data_dir.resolve(), gateway_port=port, redis_port=redis_port,
+                         s3_port=s3_port)
+    try:
+        stack = start_stack(config, echo=lambda line: click.echo(line, err=True))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from None
+    info = stack.info
+    click.echo(f"gateway:        {info['gateway_url']}")
+    click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
+    click.echo(f"webhook secret: {info['webhook_secret']}")
+    click.echo(f"data dir:       {config.data_dir}")
+    if detach:
+        stack.detach()
+        click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
+        return
+    click.echo("running; Ctrl-C stops everything", err=True)
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            dead = stack.dead_components()
+            if dead:
+                click.echo(f"component(s) exited: {', '.join(dead)}; stopping the stack", err=True)
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    stack.stop()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True)
+def down(data_dir: Path) -> None:
+    """Stop a stack started with `reelforge up --detach`."""
+    from reelforge.devstack.stack import stop_detached
+
+    stopped = stop_detached(data_dir.resolve())
+    click.echo("stopped" if stopped else f"no running stack under {data_dir}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True)
+def gateway(host: str, port: int, workers: int) -> None:
+    """Run the HTTP gateway (uvicorn)."""
+    import uvicorn
+
+    from reelforge.logging import configure_logging
+
+    configure_logging()
+    uvicorn.run("reelforge.gateway.main:create_app", factory=True, host=host, port=port, workers=workers,
+                access_log=False, log_level="warning")
+
+
+@main.command()
+@click.argument("role", type=click.Choice(["gpu", "postprocess", "webhooks"]))
+@click.option("--concurrency", type=int, default=1, show_default=True,
+              help="Processes; keep 1 per GPU for the gpu role.")
+@click.option("--queues", default=None, help="Override the queues this worker consumes (comma-separated).")
+def worker(role: str, concurrency: int, queues: str | None) -> None:
+    """Run a Celery worker for one stage."""
+    from reelforge.celery_app import (
+        QUEUE_GPU_BATCH,
+        QUEUE_GPU_INTERACTIVE,
+        QUEUE_POSTPROCESS,
+        QUEUE_WEBHOOKS,
+        celery_app,
+    )
+    from reelforge.logging import configure_logging
+
+    configure_logging()
+    default_queues = {
+        "gpu": f"{QUEUE_GPU_INTERACTIVE},{QUEUE_GPU_BATCH}",
+        "postprocess": QUEUE_POSTPROCESS,
+        "webhooks": QUEUE_WEBHOOKS,
+    }
+    if role == "gpu":
+        from reelforge.gpu_worker import tasks as gpu_tasks
+
+        gpu_tasks.connect_engine_preload()
+    else:
+        import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
+        import reelforge.webhooks.tasks  # noqa: F401
+    celery_app.worker_main([
+        "worker", "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork",
+        f"--queues={queues or default_queues[role]}", f"--hostname={role}@%h", "--without-gossip",
+        "--without-mingle", "--without-heartbeat",
+    ])
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True)
+@click.option("--name", default="default")
+def keys_create(tenant: str, name: str) -> None:
+    """Create an API key for TENANT; the key is printed once and stored only hashed."""
+    from redis import Redis
+
+    from reelforge.core.tenants import InvalidTenant, TenantRegistry
+    from reelforge.settings import get_settings
+
+    registry = TenantRegistry(Redis.from_url(get_settings().redis_url))
+    try:
+        key_id, api_key = registry.create_key(tenant, name)
+    except InvalidTenant as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+    click.echo(json.dumps({"tenant": tenant, "key_id": key_id, "api_key": api_key,
+                           "webhook_secret": registry.webhook_secret(tenant)}))
+
+
+@main.command()
+@click.argument("prompt", default=EXAMPLE_PROMPT)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True,
+              help="The stack to use (reads its gateway URL and dev key).")
+@click.option("--size", default=None)
+@click.option("--seconds", default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--steps", type=int, default=None)
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Where to write the MP4.")
+def generate(prompt: str, data_dir: Path, size: str | None, seconds: str | None, seed: int | None,
+             steps: int | None, output: Path | None) -> None:
+    """Submit PROMPT to a running stack, show progress, download the MP4."""
+    from reelforge.devstack.client import GenerateError, generate_video, load_stack_info
+
+    info = load_stack_info(data_dir.resolve())
+    if info is None:
+        raise click.ClickException(f"no running stack under {data_dir}; start one with `reelforge up --detach`")
+    try:
+        path, url = generate_video(info, prompt, size=size, seconds=seconds, seed=seed, steps=steps,
+                                   output=output or data_dir.resolve() / "outputs")
+    except GenerateError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"mp4 path: {path}")
+    click.echo(f"mp4 url:  {url}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR / "demo",
+              show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.argument("prompt", default=EXAMPLE_PROMPT)
+@click.pass_context
+def demo(ctx: click.Context, data_dir: Path, port: int, prompt: str) -> None:
+    """Start the stack (detached), generate one video, print where it is."""
+    from reelforge.devstack.client import load_stack_info
+
+    if load_stack_info(data_dir.resolve()) is None:
+        ctx.invoke(up, data_dir=data_dir, port=port, redis_port=0, s3_port=0, detach=True)
+    ctx.invoke(generate, prompt=prompt, data_dir=data_dir, size=None, seconds=None, seed=None, steps=None,
+               output=None)
+    click.echo(f"the stack keeps running; stop it with: reelforge down --data-dir {data_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

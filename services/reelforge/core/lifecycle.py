@@ -1,0 +1,80 @@
+"""Hand-offs between stages: publishing queue messages and ending a job (which fires its webhook)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from celery import Celery
+
+from reelforge.celery_app import (
+    GPU_QUEUE_BY_PRIORITY,
+    QUEUE_POSTPROCESS,
+    QUEUE_WEBHOOKS,
+    TASK_GENERATE,
+    TASK_POSTPROCESS,
+    TASK_WEBHOOK,
+)
+from reelforge.core.contracts import (
+    EVENT_TYPE_BY_STATUS,
+    TERMINAL_STATUSES,
+    GenerateMessage,
+    Phase,
+    PostprocessMessage,
+    Priority,
+    Status,
+    WebhookMessage,
+)
+from reelforge.core.jobs import JobRecord
+from reelforge.core.store import JobStore
+
+
+class Publisher:
+    """Publishes typed messages by task name; task ids are derived from the job id so duplicates are
+    recognisable in logs and tools."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.celery = celery
+
+    def generate(self, job_id: str, priority: Priority) -> None:
+        self.celery.send_task(
+            TASK_GENERATE,
+            args=[GenerateMessage(job_id=job_id).model_dump()],
+            queue=GPU_QUEUE_BY_PRIORITY[priority],
+            task_id=f"{job_id}.generate",
+        )
+
+    def postprocess(self, message: PostprocessMessage) -> None:
+        self.celery.send_task(
+            TASK_POSTPROCESS,
+            args=[message.model_dump()],
+            queue=QUEUE_POSTPROCESS,
+            task_id=f"{message.job_id}.postprocess",
+        )
+
+    def webhook(self, job: JobRecord) -> None:
+        status = Status(job.status)
+        if status not in TERMINAL_STATUSES or not job.webhook_url:
+            return
+        event_type = EVENT_TYPE_BY_STATUS[status]
+        message = WebhookMessage(job_id=job.id, event_id=f"msg_{job.id}_{status}", type=event_type)
+        self.celery.send_task(
+            TASK_WEBHOOK, args=[message.model_dump()], queue=QUEUE_WEBHOOKS, task_id=message.event_id
+        )
+
+
+def end_job(
+    store: JobStore,
+    publisher: Publisher,
+    job_id: str,
+    status: Status,
+    fields: Mapping[str, str] | None = None,
+    *,
+    from_phases: Iterable[Phase] = (),
+) -> bool:
+    """Move a job to a terminal status and queue its webhook. False if another transition won."""
+    if not store.transition(job_id, status, fields, from_phases=from_phases):
+        return False
+    job = store.get(job_id)
+    if job is not None:
+        publisher.webhook(job)
+    return True

@@ -1,0 +1,185 @@
+"""Job records in Redis: one hash per job, a per-tenant index, atomic state transitions.
+
+Every transition runs as one Lua script, so "check the current status, then write" cannot interleave
+with another process's transition: a cancel racing a completion has exactly one winner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+from redis import Redis
+
+from reelforge.core.contracts import Phase, Status
+from reelforge.core.jobs import GPU_PHASES, JobRecord, allowed_sources, now_ms
+
+PREFIX = "rf"
+
+# KEYS[1] job hash. ARGV[1] comma-separated allowed current statuses, ARGV[2] comma-separated allowed
+# current phases ("" = any), ARGV[3..] field/value pairs. Returns 1 applied, 0 refused, -1 missing.
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'phase', 'deleted')
+if not cur[1] then return -1 end
+if cur[3] == '1' then return 0 end
+if not string.find(',' .. ARGV[1] .. ',', ',' .. cur[1] .. ',', 1, true) then return 0 end
+if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. cur[2] .. ',', 1, true) then return 0 end
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+return 1
+"""
+
+# KEYS[1] job hash. ARGV[1] allowed phases, ARGV[2] now ms. Starts (or re-starts after a lost worker)
+# a GPU attempt: returns the new attempt count, or 0 when the job is past the GPU stage or terminal.
+_START_GPU_ATTEMPT = """
+local cur = redis.call('HMGET', KEYS[1], 'status', 'phase', 'deleted')
+if not cur[1] or cur[3] == '1' then return 0 end
+if cur[1] ~= 'queued' and cur[1] ~= 'in_progress' then return 0 end
+if not string.find(',' .. ARGV[1] .. ',', ',' .. cur[2] .. ',', 1, true) then return 0 end
+if cur[1] == 'queued' then redis.call('HSET', KEYS[1], 'at:in_progress', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'status', 'in_progress')
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# KEYS[1] job hash, KEYS[2] tenant index, KEYS[3] idempotency key (or ""). ARGV[1] job id,
+# ARGV[2] idempotency record JSON, ARGV[3] idempotency TTL s, ARGV[4..] job fields.
+# Returns {1, job id} when created, {0, existing job id} when the key was already used.
+_CREATE = """
+if KEYS[3] ~= '' then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then return {0, prior} end
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3]))
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return {1, ARGV[1]}
+"""
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+def _csv(values: Iterable[str]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _flatten(fields: Mapping[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+class JobStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._transition = redis.register_script(_TRANSITION)
+        self._start_gpu = redis.register_script(_START_GPU_ATTEMPT)
+        self._create = redis.register_script(_CREATE)
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}"
+
+    @staticmethod
+    def tenant_index_key(tenant: str) -> str:
+        return f"{PREFIX}:tenant:{tenant}:videos"
+
+    @staticmethod
+    def idempotency_key(tenant: str, key: str) -> str:
+        return f"{PREFIX}:idem:{tenant}:{key}"
+
+    def create(
+        self, job: JobRecord, idempotency: tuple[str, str] | None = None, idempotency_ttl_s: int = 86400
+    ) -> tuple[JobRecord, bool]:
+        """Persist a new job. With (key, body_hash), a repeated key returns the first job instead.
+
+        Raises IdempotencyConflict when the key was used with a different body.
+        """
+        idem_key = self.idempotency_key(job.tenant, idempotency[0]) if idempotency else ""
+        idem_record = json.dumps({"job_id": job.id, "body": idempotency[1]}) if idempotency else ""
+        created, value = self._create(
+            keys=[self.job_key(job.id), self.tenant_index_key(job.tenant), idem_key],
+            args=[job.id, idem_record, idempotency_ttl_s, *_flatten(job.to_hash())],
+        )
+        if created:
+            return job, True
+        prior = json.loads(value)
+        if idempotency is None or prior["body"] != idempotency[1]:
+            raise IdempotencyConflict(prior["job_id"])
+        existing = self.get(prior["job_id"])
+        if existing is None:  # expired or purged: the key no longer protects anything
+            raise IdempotencyConflict(prior["job_id"])
+        return existing, False
+
+    def get(self, job_id: str) -> JobRecord | None:
+        fields = self.redis.hgetall(self.job_key(job_id))
+        if not fields:
+            return None
+        return JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
+
+    def get_for_tenant(self, tenant: str, job_id: str) -> JobRecord | None:
+        """The job if it exists, belongs to tenant and is not deleted; otherwise None (never a hint)."""
+        job = self.get(job_id) if job_id.startswith("video_") else None
+        if job is None or job.tenant != tenant or job.deleted:
+            return None
+        return job
+
+    def list(
+        self, tenant: str, after: str | None, limit: int, order: Literal["asc", "desc"]
+    ) -> tuple[list[JobRecord], bool]:
+        index = self.tenant_index_key(tenant)
+        if order == "asc":
+            ids = self.redis.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
+        else:
+            ids = self.redis.zrevrangebylex(index, f"({after}" if after else "+", "-", start=0, num=limit + 1)
+        has_more = len(ids) > limit
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids[:limit]:
+            pipe.hgetall(self.job_key(job_id.decode()))
+        jobs = [
+            JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
+            for fields in pipe.execute()
+            if fields
+        ]
+        return jobs, has_more
+
+    def transition(
+        self,
+        job_id: str,
+        to: Status,
+        fields: Mapping[str, str] | None = None,
+        *,
+        from_statuses: Iterable[Status] | None = None,
+        from_phases: Iterable[Phase] = (),
+    ) -> bool:
+        """Move the job to `to` if the state machine (and the optional phase guard) allows it."""
+        sources = allowed_sources(to) if from_statuses is None else frozenset(from_statuses)
+        payload = {"status": str(to), **(fields or {})}
+        if to is not Status.in_progress:
+            payload[f"at:{to}"] = str(now_ms())
+        applied = self._transition(
+            keys=[self.job_key(job_id)],
+            args=[_csv(sources), _csv(from_phases), *_flatten(payload)],
+        )
+        return int(applied) == 1
+
+    def update_running(self, job_id: str, fields: Mapping[str, str]) -> bool:
+        """Write progress fields while the job is in progress. False means stop: it was cancelled,
+        failed or deleted meanwhile."""
+        applied = self._transition(
+            keys=[self.job_key(job_id)], args=[str(Status.in_progress), "", *_flatten(fields)]
+        )
+        return int(applied) == 1
+
+    def start_gpu_attempt(self, job_id: str) -> int:
+        """Count a GPU attempt. 0 means there is nothing for the GPU stage to do (idempotent redelivery)."""
+        return int(self._start_gpu(keys=[self.job_key(job_id)], args=[_csv(GPU_PHASES), now_ms()]))
+
+    def mark_deleted(self, job: JobRecord) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.job_key(job.id), mapping={"deleted": "1", "at:deleted": str(now_ms())})
+        pipe.zrem(self.tenant_index_key(job.tenant), job.id)
+        pipe.execute()

@@ -1,0 +1,84 @@
+"""Tenants, their API keys and webhook signing secrets.
+
+Keys are 256-bit random tokens, so a single SHA-256 is the right storage hash (as for GitHub or Stripe
+tokens): a slow password hash would only add latency to every request without adding safety.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+from redis import Redis
+
+from reelforge.core.jobs import now_ms
+from reelforge.core.store import PREFIX
+
+KEY_PREFIX = "rf_"
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class InvalidTenant(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str
+    key_id: str
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class TenantRegistry:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    @staticmethod
+    def _key_record(digest: str) -> str:
+        return f"{PREFIX}:apikey:{digest}"
+
+    @staticmethod
+    def _tenant_record(tenant: str) -> str:
+        return f"{PREFIX}:tenantinfo:{tenant}"
+
+    def create_key(self, tenant: str, name: str = "default") -> tuple[str, str]:
+        """Create an API key for tenant (creating the tenant if new). Returns (key_id, plaintext key);
+        the plaintext is shown once and never stored."""
+        if not TENANT_RE.match(tenant):
+            raise InvalidTenant(
+                f"tenant {tenant!r} must be 1-63 characters of a-z, 0-9, '_' or '-', starting alphanumeric"
+            )
+        self.ensure_tenant(tenant)
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(8)
+        self.redis.hset(
+            self._key_record(hash_key(api_key)),
+            mapping={"tenant": tenant, "key_id": key_id, "name": name, "created_at": str(now_ms())},
+        )
+        return key_id, api_key
+
+    def authenticate(self, api_key: str) -> Principal | None:
+        if not api_key.startswith(KEY_PREFIX):
+            return None
+        record = self.redis.hmget(self._key_record(hash_key(api_key)), "tenant", "key_id")
+        if record[0] is None or record[1] is None:
+            return None
+        return Principal(tenant=record[0].decode(), key_id=record[1].decode())
+
+    def ensure_tenant(self, tenant: str) -> None:
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.redis.hsetnx(self._tenant_record(tenant), "webhook_secret", secret)
+
+    def webhook_secret(self, tenant: str) -> str:
+        secret = self.redis.hget(self._tenant_record(tenant), "webhook_secret")
+        if secret is None:
+            self.ensure_tenant(tenant)
+            secret = self.redis.hget(self._tenant_record(tenant), "webhook_secret")
+        assert secret is not None
+        return str(secret.decode())

@@ -1,0 +1,150 @@
+"""/v1/videos: the OpenAI Videos API (create, retrieve, list, delete, content) plus cancel."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.formparsers import MultiPartException
+
+from reelforge.core import videos
+from reelforge.core.contracts import VideoObject
+from reelforge.core.jobs import JobRecord
+from reelforge.core.storage import ObjectNotFound, asset_key
+from reelforge.core.store import IdempotencyConflict
+from reelforge.gateway.deps import PrincipalDep, RuntimeDep
+from reelforge.gateway.errors import APIError, bad_request, not_found
+from reelforge.gateway.validation import form_to_dict, parse_create
+from reelforge.postprocess.assets import ASSETS
+from reelforge.runtime import Runtime
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+POLL_AFTER_MS = "1000"
+MAX_IDEMPOTENCY_KEY = 255
+MAX_FORM_FIELDS = 64
+
+
+async def _read_body(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data" or content_type == "application/x-www-form-urlencoded":
+        try:
+            form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        except MultiPartException as exc:
+            raise bad_request(f"Malformed form body: {exc.message}", code="invalid_body") from None
+        return form_to_dict(list(form.multi_items()))
+    if content_type in ("application/json", ""):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad_request(f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise bad_request("Request body must be a JSON object.", code="invalid_json")
+        return body
+    raise APIError(415, f"Unsupported Content-Type '{content_type}'; send application/json or "
+                        "multipart/form-data.", code="unsupported_media_type")
+
+
+def _owned(rt: Runtime, tenant: str, video_id: str) -> JobRecord:
+    job = rt.store.get_for_tenant(tenant, video_id)
+    if job is None:
+        raise not_found(video_id)
+    return job
+
+
+@router.post("")
+async def create_video(
+    request: Request,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> VideoObject:
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
+    params, body_hash = parse_create(await _read_body(request))
+    job = videos.new_job(principal.tenant, **params.model_dump())
+    idempotency = (idempotency_key, body_hash) if idempotency_key else None
+    try:
+        stored, _ = await run_in_threadpool(videos.submit, rt, job, idempotency)
+    except IdempotencyConflict:
+        raise APIError(409, "This Idempotency-Key was already used with a different request body; use a "
+                            "new key for a new request.", param="Idempotency-Key",
+                       code="idempotency_key_reused") from None
+    except videos.EnqueueFailed:
+        raise APIError(503, "The job queue is unavailable; retry shortly.", code="queue_unavailable",
+                       headers={"Retry-After": "5"}) from None
+    return stored.to_video()
+
+
+@router.get("")
+def list_videos(
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    if after is not None and rt.store.get_for_tenant(principal.tenant, after) is None:
+        raise bad_request(f"'after' must be the id of one of your videos; '{after}' is not.", "after")
+    jobs, has_more = rt.store.list(principal.tenant, after, limit, order)
+    data = [job.to_video().model_dump(mode="json") for job in jobs]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/{video_id}")
+def retrieve_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep, response: Response) -> VideoObject:
+    job = _owned(rt, principal.tenant, video_id)
+    if not job.is_terminal:
+        response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return job.to_video()
+
+
+@router.post("/{video_id}/cancel")
+def cancel_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> VideoObject:
+    """reelforge extension: stop a queued or running job but keep its record."""
+    job = _owned(rt, principal.tenant, video_id)
+    try:
+        return videos.cancel(rt, job).to_video()
+    except videos.NotCancellable as exc:
+        raise APIError(409, f"Video '{video_id}' is already {exc.status} and cannot be cancelled.",
+                       param="video_id", code="video_not_cancellable") from None
+
+
+@router.delete("/{video_id}")
+def delete_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+    job = _owned(rt, principal.tenant, video_id)
+    videos.delete(rt, job)
+    return {"id": video_id, "object": "video.deleted", "deleted": True}
+
+
+@router.get("/{video_id}/content")
+def download_content(
+    video_id: str,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    variant: Literal["video", "thumbnail", "spritesheet"] = "video",
+) -> StreamingResponse:
+    job = _owned(rt, principal.tenant, video_id)
+    if job.status != "completed":
+        raise APIError(404, f"Video '{video_id}' has no content yet: its status is {job.status}.",
+                       param="video_id", code="content_not_ready")
+    name, content_type = ASSETS[variant]
+    try:
+        chunks, length, _ = rt.storage.open_stream(asset_key(job.tenant, job.id, name))
+    except ObjectNotFound:
+        raise APIError(404, f"The {variant} of video '{video_id}' is no longer stored.", param="variant",
+                       code="content_expired") from None
+    return StreamingResponse(chunks, media_type=content_type, headers={
+        "content-length": str(length),
+        "content-disposition": f'inline; filename="{video_id}.{name.rsplit(".", 1)[1]}"',
+    })

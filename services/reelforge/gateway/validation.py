@@ -1,0 +1,204 @@
+"""Turn a create-video request (JSON or multipart form) into validated job parameters.
+
+Every refusal is an APIError naming the parameter and saying what the model accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import unicodedata
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from reelforge.core.catalog import DEFAULT_MODEL, MODELS, ModelSpec
+from reelforge.core.contracts import Priority
+from reelforge.gateway.errors import APIError, bad_request
+
+MAX_PROMPT_CHARS = 2000
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_WEBHOOK_URL = 2048
+MAX_SEED = 2**32 - 1
+ALLOWED_CONTROL = {"\n", "\t"}
+
+
+class CreateVideoBody(BaseModel):
+    """What a client may send; types only. Ranges that depend on the model are checked after."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    seconds: str | int | None = None  # the OpenAI SDK sends "4"; plain JSON clients often send 4
+    size: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    fps: int | None = None
+    num_steps: int | None = None
+    guidance_scale: float | None = None
+    webhook_url: str | None = None
+    metadata: dict[str, str] | None = None
+    priority: Priority = Priority.interactive
+
+
+class VideoParams(BaseModel):
+    """Fully resolved parameters: what the job record stores."""
+
+    prompt: str
+    model: str
+    seconds: str
+    size: str
+    negative_prompt: str | None
+    seed: int
+    fps: int
+    num_steps: int
+    guidance_scale: float
+    webhook_url: str | None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    priority: Priority
+
+
+def _choices(values: tuple[Any, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _check_text(value: str, param: str, *, required: bool) -> None:
+    if required and not value.strip():
+        raise bad_request(f"'{param}' must not be empty; describe the video you want.", param)
+    if len(value) > MAX_PROMPT_CHARS:
+        raise bad_request(
+            f"'{param}' is {len(value)} characters; the limit is {MAX_PROMPT_CHARS}. Shorten it.", param
+        )
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" and ch not in ALLOWED_CONTROL:
+            raise bad_request(
+                f"'{param}' contains the control character U+{ord(ch):04X}; remove it "
+                "(only newline and tab are allowed).",
+                param,
+            )
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise bad_request(f"'metadata' has {len(metadata)} pairs; at most {MAX_METADATA_PAIRS} are allowed.",
+                          "metadata")
+    for key, value in metadata.items():
+        if not key or len(key) > MAX_METADATA_KEY:
+            raise bad_request(f"metadata keys must be 1-{MAX_METADATA_KEY} characters; '{key[:80]}' is not.",
+                              "metadata")
+        if len(value) > MAX_METADATA_VALUE:
+            raise bad_request(f"metadata value for '{key}' is over {MAX_METADATA_VALUE} characters.",
+                              "metadata")
+
+
+def _check_webhook_url(url: str) -> None:
+    parts = urlsplit(url)
+    if len(url) > MAX_WEBHOOK_URL or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad_request(
+            f"'webhook_url' must be an absolute http(s) URL of at most {MAX_WEBHOOK_URL} characters.",
+            "webhook_url",
+        )
+
+
+def _resolve(body: CreateVideoBody, spec: ModelSpec) -> VideoParams:
+    size = body.size or spec.default_size
+    if size not in spec.sizes:
+        raise bad_request(f"size '{size}' is not supported by {spec.name}; use one of {_choices(spec.sizes)}.",
+                          "size", "unsupported_value")
+    seconds = spec.default_seconds if body.seconds is None else str(body.seconds)
+    if seconds not in spec.seconds:
+        raise bad_request(
+            f"seconds '{seconds}' is not supported by {spec.name}; use one of {_choices(spec.seconds)}.",
+            "seconds", "unsupported_value")
+    fps = spec.default_fps if body.fps is None else body.fps
+    if fps not in spec.fps:
+        raise bad_request(f"fps {fps} is not supported by {spec.name}; use one of {_choices(spec.fps)}.",
+                          "fps", "unsupported_value")
+    steps = spec.default_steps if body.num_steps is None else body.num_steps
+    if not spec.min_steps <= steps <= spec.max_steps:
+        raise bad_request(
+            f"num_steps {steps} is not supported by {spec.name}; use {spec.min_steps} to {spec.max_steps}.",
+            "num_steps", "unsupported_value")
+    guidance = spec.default_guidance_scale if body.guidance_scale is None else body.guidance_scale
+    if not 0.0 <= guidance <= spec.max_guidance_scale:
+        raise bad_request(f"guidance_scale must be between 0 and {spec.max_guidance_scale}.", "guidance_scale")
+    if body.seed is not None and not 0 <= body.seed <= MAX_SEED:
+        raise bad_request(f"seed must be between 0 and {MAX_SEED} (2^32 - 1).", "seed")
+    return VideoParams(
+        prompt=body.prompt,
+        model=spec.name,
+        seconds=seconds,
+        size=size,
+        negative_prompt=body.negative_prompt,
+        seed=secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed,
+        fps=fps,
+        num_steps=steps,
+        guidance_scale=guidance,
+        webhook_url=body.webhook_url,
+        metadata=body.metadata or {},
+        priority=body.priority,
+    )
+
+
+def _from_pydantic(exc: ValidationError) -> APIError:
+    first = exc.errors()[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    if first["type"] == "missing":
+        return bad_request(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if first["type"] == "extra_forbidden":
+        return bad_request(
+            f"Unrecognized request argument supplied: '{param}'. reelforge accepts: "
+            f"{', '.join(CreateVideoBody.model_fields)}.", param, "unknown_parameter")
+    return bad_request(f"Invalid value for '{param}': {first['msg']}.", param)
+
+
+def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, str]:
+    """Validate a create request. Returns the resolved parameters and a hash of the request as sent
+    (for Idempotency-Key comparison: same request, same hash, whether JSON or multipart)."""
+    try:
+        body = CreateVideoBody.model_validate(raw)
+    except ValidationError as exc:
+        raise _from_pydantic(exc) from None
+    _check_text(body.prompt, "prompt", required=True)
+    if body.negative_prompt is not None:
+        _check_text(body.negative_prompt, "negative_prompt", required=False)
+    spec = MODELS.get(body.model)
+    if spec is None:
+        raise bad_request(f"The model '{body.model}' does not exist; available: {_choices(tuple(MODELS))}.",
+                          "model", "model_not_found")
+    if body.metadata is not None:
+        _check_metadata(body.metadata)
+    if body.webhook_url is not None:
+        _check_webhook_url(body.webhook_url)
+    params = _resolve(body, spec)
+    canonical = json.dumps(body.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    return params, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Multipart fields -> the JSON shape. metadata may come as JSON text or as metadata[key] fields
+    (how SDKs flatten nested objects in forms)."""
+    raw: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for key, value in items:
+        if not isinstance(value, str):
+            raise bad_request(f"'{key}' must be a text field; file uploads are not supported.", key)
+        if key.startswith("metadata[") and key.endswith("]"):
+            metadata[key[len("metadata["):-1]] = value
+        elif key in raw:
+            raise bad_request(f"'{key}' was sent more than once.", key)
+        elif key == "metadata":
+            try:
+                raw[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise bad_request("'metadata' must be a JSON object of string pairs.", "metadata") from None
+        else:
+            raw[key] = value
+    if metadata:
+        raw["metadata"] = {**raw.get("metadata", {}), **metadata}
+    return raw

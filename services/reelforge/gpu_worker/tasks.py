@@ -1,0 +1,178 @@
+"""GPU stage: run the engine for one job, stage its frames in object storage, hand off to post-process.
+
+The engine is loaded once per worker process (worker_process_init) and kept warm; a job never loads it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from celery import Task
+from celery.signals import worker_process_init
+
+from reelforge.celery_app import TASK_GENERATE, celery_app
+from reelforge.core.contracts import ErrorCode, GenerateMessage, Phase, PostprocessMessage, Status
+from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, progress_for
+from reelforge.core.lifecycle import end_job
+from reelforge.core.storage import frames_to_bytes, staging_key
+from reelforge.engine.interface import GenerationRequest, StepEvent, VideoEngine
+from reelforge.runtime import Runtime, get_runtime
+
+log = structlog.get_logger("reelforge.gpu_worker")
+
+_engine: VideoEngine | None = None
+
+
+class JobCancelled(Exception):
+    """Raised from the step callback when the job left in_progress (cancelled, deleted, failed)."""
+
+
+def load_engine_once(**_: Any) -> None:
+    """worker_process_init hook: the GPU worker connects it, the other workers never load torch."""
+    global _engine
+    if _engine is None:
+        from reelforge.engine.mini import load_engine
+
+        settings = get_runtime().settings
+        started = time.perf_counter()
+        _engine = load_engine(device=settings.engine_device, threads=settings.engine_threads)
+        log.info("engine_loaded", model=_engine.name, seconds=round(time.perf_counter() - started, 3))
+
+
+def connect_engine_preload() -> None:
+    worker_process_init.connect(load_engine_once, weak=False)
+
+
+def get_engine() -> VideoEngine:
+    if _engine is None:
+        load_engine_once()
+    assert _engine is not None
+    return _engine
+
+
+class PhaseClock:
+    """Seconds spent in each phase, written to the job as t:<phase> fields."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._phase: str | None = None
+        self._since = time.perf_counter()
+
+    def enter(self, phase: str) -> None:
+        if phase == self._phase:
+            return
+        self.stop()
+        self._phase, self._since = phase, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._phase is not None:
+            self.timings[self._phase] = self.timings.get(self._phase, 0.0) + time.perf_counter() - self._since
+            self._phase = None
+
+    def fields(self) -> dict[str, str]:
+        return {f"t:{phase}": f"{secs:.6f}" for phase, secs in self.timings.items()}
+
+
+def _request_for(job: JobRecord) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt or "",
+        width=job.width,
+        height=job.height,
+        num_frames=job.num_frames,
+        fps=job.fps,
+        num_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        seed=job.seed,
+    )
+
+
+def _postprocess_message(job: JobRecord) -> PostprocessMessage:
+    return PostprocessMessage(
+        job_id=job.id,
+        staging_key=staging_key(job.tenant, job.id),
+        num_frames=job.num_frames,
+        width=job.width,
+        height=job.height,
+        fps=job.fps,
+    )
+
+
+def _fail(rt: Runtime, job_id: str, code: ErrorCode, message: str) -> None:
+    end_job(rt.store, rt.publisher, job_id, Status.failed, error_fields(code, message))
+
+
+def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
+    """One GPU attempt. Returns False when the attempt failed and may be retried."""
+    attempt = rt.store.start_gpu_attempt(job_id)
+    job = rt.store.get(job_id)
+    if job is None:
+        log.warning("generate_unknown_job")
+        return True
+    if attempt == 0:
+        # Redelivery after the frames were staged: the hand-off may have been lost with the worker.
+        if job.status == Status.in_progress and Phase(job.phase) in POSTPROCESS_PHASES:
+            rt.publisher.postprocess(_postprocess_message(job))
+        log.info("generate_skipped", status=job.status, phase=job.phase)
+        return True
+    if attempt > rt.settings.max_attempts:
+        _fail(rt, job_id, ErrorCode.max_attempts_exceeded,
+              f"generation did not finish after {rt.settings.max_attempts} attempts")
+        return True
+
+    clock = PhaseClock()
+    queued_at = job.transitions.get(str(Status.queued))
+    if queued_at is not None and attempt == 1:
+        clock.timings["queue_wait"] = max(0.0, time.time() - queued_at / 1000)
+
+    def on_step(event: StepEvent) -> None:
+        clock.enter(event.phase)
+        phase = Phase(event.phase)
+        fields = {
+            "phase": str(phase),
+            "step": str(event.step),
+            "progress": str(progress_for(phase, event.step, event.steps)),
+            **clock.fields(),
+        }
+        if not rt.store.update_running(job_id, fields):
+            raise JobCancelled(job_id)
+
+    log.info("generate_started", attempt=attempt)
+    try:
+        frames = engine.generate(_request_for(job), on_step)
+    except JobCancelled:
+        log.info("generate_cancelled")
+        return True
+    except Exception as exc:  # any engine failure fails this attempt only
+        log.exception("generate_failed", attempt=attempt)
+        if attempt >= rt.settings.max_attempts:
+            _fail(rt, job_id, ErrorCode.engine_error, f"the engine failed: {type(exc).__name__}: {exc}")
+            return True
+        return False
+    clock.stop()
+
+    message = _postprocess_message(job)
+    rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
+    handed_off = rt.store.update_running(
+        job_id,
+        {"phase": str(Phase.encoding), "progress": str(progress_for(Phase.encoding)), **clock.fields()},
+    )
+    if not handed_off:  # cancelled while decoding or uploading the frames
+        rt.storage.delete_prefix(message.staging_key)
+        return True
+    rt.publisher.postprocess(message)
+    log.info("generate_finished", seconds=round(sum(clock.timings.values()), 3))
+    return True
+
+
+@celery_app.task(name=TASK_GENERATE, bind=True, max_retries=None)
+def generate(self: Task, message: dict[str, Any]) -> None:
+    msg = GenerateMessage.model_validate(message)
+    structlog.contextvars.bind_contextvars(job_id=msg.job_id, task_id=self.request.id)
+    try:
+        if not run_generate(get_runtime(), get_engine(), msg.job_id):
+            raise self.retry(countdown=min(2 ** self.request.retries, 30))
+    finally:
+        structlog.contextvars.clear_contextvars()
