@@ -1,0 +1,64 @@
+"""VideoDiT: shapes over the served latent sizes, the null prompt, and what the prompt mask hides."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reelforge.engine.dit import DiT_Mini, VideoDiT, rope_3d
+
+
+@pytest.fixture(scope="module")
+def dit() -> VideoDiT:
+    torch.manual_seed(0)
+    model = DiT_Mini().eval()
+    with torch.no_grad():  # AdaLN-Zero starts as the identity; perturb it so outputs depend on inputs
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "final_layer.linear" in name:
+                p.normal_(std=0.02)
+    return model
+
+
+@pytest.mark.parametrize("latent", [(8, 4, 16, 16), (8, 8, 32, 32), (8, 6, 32, 16), (8, 1, 2, 2)])
+def test_velocity_has_the_latent_shape(dit: VideoDiT, latent: tuple[int, int, int, int]) -> None:
+    x = torch.randn(2, *latent)
+    text, mask = dit.null_prompt(2)
+    with torch.no_grad():
+        v = dit(x, torch.tensor([0.3, 0.9]), text, mask)
+    assert v.shape == x.shape
+    assert torch.isfinite(v).all()
+
+
+def test_untrained_model_predicts_zero_velocity() -> None:
+    torch.manual_seed(0)
+    model = DiT_Mini().eval()
+    text, mask = model.null_prompt(1)
+    with torch.no_grad():
+        v = model(torch.randn(1, 8, 4, 8, 8), torch.tensor([0.5]), text, mask)
+    assert torch.count_nonzero(v) == 0
+
+
+def test_null_prompt_shape(dit: VideoDiT) -> None:
+    text, mask = dit.null_prompt(3)
+    assert text.shape == (3, dit.config.text_len, dit.config.text_dim)
+    assert mask.shape == (3, dit.config.text_len) and bool(mask.all())
+
+
+def test_prompt_changes_output_but_masked_tokens_do_not(dit: VideoDiT) -> None:
+    x, t = torch.randn(1, 8, 2, 8, 8), torch.tensor([0.5])
+    text = torch.randn(1, 32, 384)
+    mask = torch.zeros(1, 32, dtype=torch.bool)
+    mask[:, :5] = True
+    padded = text.clone()
+    padded[:, 5:] = torch.randn(1, 27, 384)
+    other = torch.randn(1, 32, 384)
+    with torch.no_grad():
+        v = dit(x, t, text, mask)
+        torch.testing.assert_close(dit(x, t, padded, mask), v)
+        assert not torch.allclose(dit(x, t, other, mask), v)
+
+
+def test_rope_angles_cover_each_token_and_half_the_head() -> None:
+    angles = rope_3d((3, 4, 5), head_dim=64, theta=10000.0, device=torch.device("cpu"))
+    assert angles.shape == (3 * 4 * 5, 32)
+    assert angles.unique(dim=0).shape[0] == 60  # no two (t, h, w) positions rotate alike
