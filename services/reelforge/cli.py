@@ -119,6 +119,13 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
     else:
         import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
         import reelforge.webhooks.tasks  # noqa: F401
+        from celery.signals import worker_ready
+
+        from reelforge.settings import get_settings
+
+        ready_file = get_settings().ready_file
+        if ready_file:
+            worker_ready.connect(lambda **_: Path(ready_file).write_text(f"{role}\n"), weak=False)
     celery_app.worker_main([
         "worker", "--loglevel=INFO", f"--concurrency={concurrency}", "--pool=prefork",
         f"--queues={queues or default_queues[role]}", f"--hostname={role}@%h", "--without-gossip",

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     engine_device: str = "cpu"
     engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
 
+    # Written by a worker process once it can take jobs (the GPU worker: once its engine is warm).
+    ready_file: str | None = None
+
     # A job that fails this many GPU attempts ends `failed` with code max_attempts_exceeded.
     max_attempts: int = Field(default=3, ge=1)
     # Celery hard time limit for one GPU attempt; the broker visibility timeout is derived from it.

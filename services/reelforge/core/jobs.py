@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -51,9 +52,20 @@ def progress_for(phase: Phase, step: int = 0, steps: int = 1) -> int:
     return start + (end - start) * min(step, steps) // steps
 
 
+_id_lock = threading.Lock()
+_last_id: tuple[int, int] = (0, 0)
+
+
 def new_job_id() -> str:
-    """Time-ordered id: lexicographic order is creation order, which cursor pagination relies on."""
-    return f"video_{time.time_ns() // 1_000_000:012x}{os.urandom(8).hex()}"
+    """Time-ordered id (a monotonic ULID in hex): lexicographic order is creation order within a
+    process, and across processes to the millisecond. Cursor pagination relies on it."""
+    global _last_id
+    with _id_lock:
+        ms, rand = time.time_ns() // 1_000_000, int.from_bytes(os.urandom(8), "big")
+        if ms <= _last_id[0]:
+            ms, rand = _last_id[0], (_last_id[1] + 1) % 2**64
+        _last_id = (ms, rand)
+    return f"video_{ms:012x}{rand:016x}"
 
 
 def now_ms() -> int:

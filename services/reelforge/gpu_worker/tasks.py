@@ -6,6 +6,7 @@ The engine is loaded once per worker process (worker_process_init) and kept warm
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -39,6 +40,8 @@ def load_engine_once(**_: Any) -> None:
         started = time.perf_counter()
         _engine = load_engine(device=settings.engine_device, threads=settings.engine_threads)
         log.info("engine_loaded", model=_engine.name, seconds=round(time.perf_counter() - started, 3))
+        if settings.ready_file:
+            Path(settings.ready_file).write_text(f"{_engine.name} {_engine.version}\n")
 
 
 def connect_engine_preload() -> None:

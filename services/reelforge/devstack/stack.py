@@ -1,0 +1,226 @@
+"""The local stack behind `reelforge up` and the integration tests: real Redis (AOF), real SeaweedFS,
+the gateway and the three Celery workers, each a child process logging under DATA_DIR/logs.
+
+Everything lives under one data dir and all ports are configurable, so stacks run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from redis import Redis
+
+from reelforge.core.storage import ObjectStore
+from reelforge.core.tenants import TenantRegistry
+from reelforge.devstack.client import STACK_INFO
+from reelforge.devstack.processes import ManagedProcess, free_port, start_redis, start_seaweedfs
+
+DEV_TENANT = "dev"
+DEV_S3_ACCESS_KEY = "reelforge-dev"
+DEV_S3_SECRET_KEY = "reelforge-dev-secret"
+WORKER_ROLES = ("gpu", "postprocess", "webhooks")
+READY_TIMEOUT_S = 120.0
+
+
+class StackError(Exception):
+    pass
+
+
+@dataclass
+class StackConfig:
+    data_dir: Path
+    gateway_port: int = 8000
+    redis_port: int = 0
+    s3_port: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # extra REELFORGE_* settings for every process
+    workers: tuple[str, ...] = WORKER_ROLES  # benchmarks of the gateway alone start none
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    info: dict[str, Any]
+    env: dict[str, str]
+    components: dict[str, ManagedProcess]
+
+    def dead_components(self) -> list[str]:
+        return [name for name, proc in self.components.items() if not proc.alive]
+
+    def stop(self) -> None:
+        # Front to back: stop taking requests, let workers finish, then the stores they write to.
+        for name in ("gateway", *WORKER_ROLES, "seaweedfs", "redis"):
+            if name in self.components:
+                self.components[name].stop()
+        (self.config.data_dir / STACK_INFO).unlink(missing_ok=True)
+
+    def detach(self) -> None:
+        """Leave the processes running; `reelforge down` finds them through stack.json."""
+        self.info["pids"] = {name: proc.pid for name, proc in self.components.items()}
+        _write_info(self.config.data_dir, self.info)
+
+    def restart(self, name: str) -> None:
+        """Stop one component and start it again with the same ports and data (fault tests)."""
+        self.components[name].stop()
+        self.components[name] = self._starters[name]()
+
+    _starters: dict[str, Callable[[], ManagedProcess]] = field(default_factory=dict)
+
+
+def _write_info(data_dir: Path, info: dict[str, Any]) -> None:
+    path = data_dir / STACK_INFO
+    path.write_text(json.dumps(info, indent=2))
+    path.chmod(0o600)
+
+
+def _port(requested: int) -> int:
+    return requested or free_port()
+
+
+def _dev_credentials(data_dir: Path, registry: TenantRegistry) -> tuple[str, str]:
+    """Reuse the dev key kept in the data dir while Redis still knows it; otherwise make a new one."""
+    path = data_dir / "dev-api-key"
+    if path.exists():
+        api_key = path.read_text().strip()
+        principal = registry.authenticate(api_key)
+        if principal is not None:
+            return principal.tenant, api_key
+    _, api_key = registry.create_key(DEV_TENANT, name="dev")
+    path.write_text(api_key + "\n")
+    path.chmod(0o600)
+    return DEV_TENANT, api_key
+
+
+def _wait_ready(stack_procs: dict[str, ManagedProcess], ready_files: dict[str, Path], gateway_url: str,
+                echo: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = set(ready_files) | {"gateway"}
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            if not stack_procs[name].alive:
+                raise StackError(f"{name} exited while starting:\n{stack_procs[name].log_tail()}")
+            if name == "gateway":
+                try:
+                    ok = httpx.get(f"{gateway_url}/readyz", timeout=2).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+            else:
+                ok = ready_files[name].exists()
+            if ok:
+                pending.discard(name)
+                echo(f"  {name} ready")
+        time.sleep(0.2)
+    if pending:
+        raise StackError(f"not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(pending))}")
+
+
+def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: None) -> Stack:
+    data_dir = config.data_dir
+    for sub in ("logs", "run", "redis", "seaweedfs"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    components: dict[str, ManagedProcess] = {}
+    starters: dict[str, Callable[[], ManagedProcess]] = {}
+    try:
+        redis_port = _port(config.redis_port)
+        starters["redis"] = lambda: start_redis(redis_port, data_dir / "redis")
+        echo(f"starting redis on {redis_port}")
+        components["redis"] = starters["redis"]()
+
+        s3_port = _port(config.s3_port)
+        seaweed_ports = (free_port(), free_port(), free_port())
+        starters["seaweedfs"] = lambda: start_seaweedfs(
+            data_dir / "seaweedfs", s3_port, *seaweed_ports, DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY)
+        echo(f"starting seaweedfs (S3 on {s3_port})")
+        components["seaweedfs"] = starters["seaweedfs"]()
+
+        gateway_url = f"http://127.0.0.1:{config.gateway_port}"
+        env = {
+            **os.environ,
+            "REELFORGE_ENVIRONMENT": "development",
+            "REELFORGE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "REELFORGE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/1",
+            "REELFORGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            "REELFORGE_S3_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY,
+            "REELFORGE_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
+            "REELFORGE_PUBLIC_BASE_URL": gateway_url,
+            **config.env,
+        }
+        storage = ObjectStore(endpoint_url=env["REELFORGE_S3_ENDPOINT_URL"], public_endpoint_url=None,
+                              bucket=env.get("REELFORGE_S3_BUCKET", "reelforge"), region="us-east-1",
+                              access_key_id=DEV_S3_ACCESS_KEY, secret_access_key=DEV_S3_SECRET_KEY)
+        storage.ensure_bucket()
+        registry = TenantRegistry(Redis.from_url(env["REELFORGE_REDIS_URL"]))
+        tenant, api_key = _dev_credentials(data_dir, registry)
+
+        ready_files = {role: data_dir / "run" / f"{role}.ready" for role in config.workers}
+        for ready in ready_files.values():
+            ready.unlink(missing_ok=True)
+        exe = [sys.executable, "-m", "reelforge.cli"]
+        starters["gateway"] = lambda: ManagedProcess.spawn(
+            "gateway", [*exe, "gateway", "--port", str(config.gateway_port)], data_dir / "logs", env)
+        for role in config.workers:
+            role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
+            starters[role] = (lambda r=role, e=role_env: ManagedProcess.spawn(
+                r, [*exe, "worker", r], data_dir / "logs", e))
+        for name in ("gateway", *config.workers):
+            echo(f"starting {name}")
+            components[name] = starters[name]()
+        _wait_ready(components, ready_files, gateway_url, echo)
+    except BaseException:
+        for proc in reversed(list(components.values())):
+            proc.stop()
+        raise
+
+    info = {
+        "gateway_url": gateway_url,
+        "api_key": api_key,
+        "tenant": tenant,
+        "webhook_secret": registry.webhook_secret(tenant),
+        "redis_url": env["REELFORGE_REDIS_URL"],
+        "broker_url": env["REELFORGE_BROKER_URL"],
+        "s3_endpoint_url": env["REELFORGE_S3_ENDPOINT_URL"],
+        "s3_bucket": env.get("REELFORGE_S3_BUCKET", "reelforge"),
+        "s3_access_key_id": DEV_S3_ACCESS_KEY,
+        "s3_secret_access_key": DEV_S3_SECRET_KEY,
+        "logs": str(data_dir / "logs"),
+    }
+    _write_info(data_dir, info)
+    return Stack(config=config, info=info, env=env, components=components, _starters=starters)
+
+
+def stop_detached(data_dir: Path, timeout_s: float = 20.0) -> bool:
+    path = data_dir / STACK_INFO
+    if not path.exists():
+        return False
+    pids: dict[str, int] = json.loads(path.read_text()).get("pids", {})
+    order = [n for n in ("gateway", *WORKER_ROLES, "seaweedfs", "redis") if n in pids]
+    for name in order:
+        _terminate_group(pids[name], timeout_s)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def _terminate_group(pid: int, timeout_s: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

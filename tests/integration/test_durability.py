@@ -1,0 +1,89 @@
+"""Faults on real processes: records survive a Redis restart (AOF), a GPU worker killed mid-job is
+replaced and the job is redelivered and finishes, counted as a second attempt."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reelforge.devstack.processes import free_port
+from reelforge.devstack.stack import Stack, StackConfig, start_stack
+from tests.integration.conftest import new_tenant_key, stack_env, wait_terminal, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of its own: these tests restart and kill its components."""
+    data_dir = tmp_path_factory.mktemp("fault-stack")
+    running = start_stack(StackConfig(data_dir=data_dir, gateway_port=free_port(), env=stack_env()))
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def client(fault_stack: Stack) -> Iterator[httpx.Client]:
+    key = new_tenant_key(fault_stack, f"fault{os.getpid()}{time.monotonic_ns() % 10**6}")
+    with httpx.Client(base_url=fault_stack.info["gateway_url"], headers={"Authorization": f"Bearer {key}"},
+                      timeout=30) as http:
+        yield http
+
+
+def test_jobs_survive_a_redis_restart(fault_stack: Stack, client: httpx.Client) -> None:
+    video = client.post("/v1/videos", json={"prompt": "durable", "num_steps": 1}).json()
+    done = wait_terminal(client, video["id"])
+    assert done["status"] == "completed"
+    fault_stack.restart("redis")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            again = client.get(f"/v1/videos/{video['id']}")
+            if again.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert again.json() == done
+    # the workers reconnect to the restarted broker and keep consuming
+    after = client.post("/v1/videos", json={"prompt": "after restart", "num_steps": 1}).json()
+    assert wait_terminal(client, after["id"], timeout=90)["status"] == "completed"
+
+
+def _gpu_children(fault_stack: Stack) -> list[int]:
+    parent = fault_stack.components["gpu"].pid
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent:
+                continue
+            cmd = (entry / "cmdline").read_bytes()
+            if b"reelforge" in cmd or b"celery" in cmd or b"python" in cmd:
+                children.append(int(entry.name))
+    return children
+
+
+def test_killed_gpu_worker_process_is_redelivered_as_a_second_attempt(
+    fault_stack: Stack, client: httpx.Client
+) -> None:
+    video = client.post("/v1/videos", json={"prompt": "survive a crash", "size": "128x128", "seconds": "4",
+                                            "num_steps": 12}).json()
+    wait_until(client, video["id"], lambda v: v["phase"] == "denoising" and v["step"] >= 1, timeout=90)
+    children = _gpu_children(fault_stack)
+    assert children, "the prefork GPU worker has a child process"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    done = wait_terminal(client, video["id"], timeout=180)
+    assert done["status"] == "completed", done
+    assert done["attempts"] == 2

@@ -1,0 +1,171 @@
+"""The Redis job store on a real redis-server: atomic transitions, idempotent creation, attempts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from reelforge.core.contracts import ErrorCode, Phase, Priority, Status
+from reelforge.core.jobs import JobRecord
+from reelforge.core.store import IdempotencyConflict, JobStore
+from reelforge.core.videos import new_job
+from reelforge.devstack.processes import free_port, start_redis
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield Redis(port=port)
+    proc.stop()
+
+
+@pytest.fixture()
+def store(redis_server: Redis) -> JobStore:
+    redis_server.flushdb()
+    return JobStore(redis_server)
+
+
+def job(tenant: str = "acme", **kw: object) -> JobRecord:
+    params: dict[str, object] = dict(prompt="p", model="reelforge-mini", seconds="2", size="64x64",
+                                     negative_prompt=None, seed=1, fps=8, num_steps=4, guidance_scale=1.0,
+                                     webhook_url=None, metadata={}, priority=Priority.interactive)
+    params.update(kw)
+    return new_job(tenant, **params)  # type: ignore[arg-type]
+
+
+def test_create_then_get_round_trips(store: JobStore) -> None:
+    record, created = store.create(job(metadata={"a": "b"}))
+    assert created
+    assert store.get(record.id) == record
+    assert store.get_for_tenant("other", record.id) is None
+
+
+def test_a_cancel_racing_a_completion_has_exactly_one_winner(store: JobStore) -> None:
+    for _ in range(30):
+        record, _ = store.create(job())
+        assert store.start_gpu_attempt(record.id) == 1
+        store.update_running(record.id, {"phase": str(Phase.encoding)})
+        results: dict[str, bool] = {}
+        barrier = threading.Barrier(2)
+
+        def attempt(target: Status) -> None:
+            barrier.wait()
+            results[str(target)] = store.transition(record.id, target)
+
+        threads = [threading.Thread(target=attempt, args=(s,)) for s in (Status.completed, Status.cancelled)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results.values()) == [False, True]
+        final = store.get(record.id)
+        assert final is not None and final.status in ("completed", "cancelled")
+        assert results[str(final.status)] is True
+        assert str(final.status) in final.transitions
+
+
+def test_terminal_jobs_refuse_every_transition_and_progress(store: JobStore) -> None:
+    record, _ = store.create(job())
+    assert store.transition(record.id, Status.cancelled)
+    for target in Status:
+        assert not store.transition(record.id, target)
+    assert not store.update_running(record.id, {"step": "3"})
+    assert store.start_gpu_attempt(record.id) == 0
+
+
+def test_idempotent_create_under_concurrency(store: JobStore) -> None:
+    winners: list[str] = []
+
+    def create() -> None:
+        record, _ = store.create(job(), ("key-1", "hash-a"))
+        winners.append(record.id)
+
+    threads = [threading.Thread(target=create) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(winners)) == 1
+    assert store.redis.zcard(store.tenant_index_key("acme")) == 1
+    with pytest.raises(IdempotencyConflict):
+        store.create(job(), ("key-1", "hash-b"))
+    other_tenant, created = store.create(job("globex"), ("key-1", "hash-b"))
+    assert created, "idempotency keys are per tenant"
+
+
+def test_attempts_count_and_stop_after_the_gpu_stage(store: JobStore) -> None:
+    record, _ = store.create(job())
+    assert [store.start_gpu_attempt(record.id) for _ in range(3)] == [1, 2, 3]
+    store.update_running(record.id, {"phase": str(Phase.encoding)})
+    assert store.start_gpu_attempt(record.id) == 0
+
+
+def test_listing_pages_and_skips_deleted(store: JobStore) -> None:
+    ids = [store.create(job())[0].id for _ in range(5)]
+    page, more = store.list("acme", None, 2, "asc")
+    assert [j.id for j in page] == ids[:2] and more
+    page, more = store.list("acme", ids[1], 10, "asc")
+    assert [j.id for j in page] == ids[2:] and not more
+    store.mark_deleted(store.get(ids[2]))  # type: ignore[arg-type]
+    assert ids[2] not in [j.id for j in store.list("acme", None, 10, "desc")[0]]
+    assert store.get_for_tenant("acme", ids[2]) is None
+
+
+class ExplodingEngine:
+    """Fixture engine whose every run fails, as a broken GPU would."""
+
+    name = "reelforge-mini"
+    version = "test"
+
+    def generate(self, request: object, on_step: object) -> np.ndarray:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_job_failing_every_attempt_ends_failed_with_a_clear_code(
+    store: JobStore, redis_server: Redis, tmp_path: Path
+) -> None:
+    from reelforge.celery_app import create_celery
+    from reelforge.core.lifecycle import Publisher
+    from reelforge.gpu_worker.tasks import run_generate
+    from reelforge.runtime import Runtime
+    from reelforge.settings import Settings
+
+    settings = Settings(environment="development", max_attempts=2)
+    rt = Runtime(settings=settings, redis=redis_server, store=store, tenants=None,  # type: ignore[arg-type]
+                 storage=None, publisher=Publisher(create_celery(settings)))  # type: ignore[arg-type]
+    record, _ = store.create(job())
+    assert run_generate(rt, ExplodingEngine(), record.id) is False  # attempt 1: retry
+    assert run_generate(rt, ExplodingEngine(), record.id) is True  # attempt 2: give up
+    final = store.get(record.id)
+    assert final is not None and final.status == "failed" and final.attempts == 2
+    assert final.error is not None and final.error.code == ErrorCode.engine_error
+    assert "illegal memory access" in final.error.message
+    assert run_generate(rt, ExplodingEngine(), record.id) is True  # redelivered: nothing to do
+    assert store.get(record.id).attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_job_whose_workers_keep_dying_ends_max_attempts_exceeded(store: JobStore, redis_server: Redis) -> None:
+    from reelforge.celery_app import create_celery
+    from reelforge.core.lifecycle import Publisher
+    from reelforge.gpu_worker.tasks import run_generate
+    from reelforge.runtime import Runtime
+    from reelforge.settings import Settings
+
+    settings = Settings(environment="development", max_attempts=2)
+    rt = Runtime(settings=settings, redis=redis_server, store=store, tenants=None,  # type: ignore[arg-type]
+                 storage=None, publisher=Publisher(create_celery(settings)))  # type: ignore[arg-type]
+    record, _ = store.create(job())
+    store.start_gpu_attempt(record.id)  # two attempts whose worker process was killed mid-run
+    store.start_gpu_attempt(record.id)
+    assert run_generate(rt, ExplodingEngine(), record.id) is True
+    final = store.get(record.id)
+    assert final is not None and final.status == "failed"
+    assert final.error is not None and final.error.code == ErrorCode.max_attempts_exceeded
