@@ -28,6 +28,7 @@ def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("reelforge", broker=settings.celery_broker_url)
     app.conf.update(
+        broker_transport="reelforge.broker:Transport",
         task_queues=[Queue(name) for name in ALL_QUEUES],
         task_default_queue=QUEUE_GPU_BATCH,
         task_routes={

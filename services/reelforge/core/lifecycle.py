@@ -41,6 +41,8 @@ class Publisher:
             args=[GenerateMessage(job_id=job_id).model_dump()],
             queue=GPU_QUEUE_BY_PRIORITY[priority],
             task_id=f"{job_id}.generate",
+            argsrepr=job_id,  # Celery would otherwise saferepr() the args on the request path
+            kwargsrepr="",
         )
 
     def postprocess(self, message: PostprocessMessage) -> None:

@@ -56,13 +56,18 @@ def _owned(rt: Runtime, tenant: str, video_id: str) -> JobRecord:
     return job
 
 
-@router.post("")
+def _video_response(video: VideoObject, headers: dict[str, str] | None = None) -> Response:
+    # Serialised once by pydantic-core; skips FastAPI's second validation of the return value.
+    return Response(video.model_dump_json(), media_type="application/json", headers=headers)
+
+
+@router.post("", response_model=VideoObject)
 async def create_video(
     request: Request,
     rt: RuntimeDep,
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header()] = None,
-) -> VideoObject:
+) -> Response:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
     params, body_hash = parse_create(await _read_body(request))
@@ -77,7 +82,7 @@ async def create_video(
     except videos.EnqueueFailed:
         raise APIError(503, "The job queue is unavailable; retry shortly.", code="queue_unavailable",
                        headers={"Retry-After": "5"}) from None
-    return stored.to_video()
+    return _video_response(stored.to_video())
 
 
 @router.get("")
@@ -101,12 +106,11 @@ def list_videos(
     }
 
 
-@router.get("/{video_id}")
-def retrieve_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep, response: Response) -> VideoObject:
+@router.get("/{video_id}", response_model=VideoObject)
+def retrieve_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     job = _owned(rt, principal.tenant, video_id)
-    if not job.is_terminal:
-        response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
-    return job.to_video()
+    headers = None if job.is_terminal else {"openai-poll-after-ms": POLL_AFTER_MS}
+    return _video_response(job.to_video(), headers)
 
 
 @router.post("/{video_id}/cancel")
