@@ -52,6 +52,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # A GPU worker's child loads the engine in worker_process_init before it reports up; Celery's
+        # 4 s default kills a child that takes longer, in a loop.
+        worker_proc_alive_timeout=settings.engine_load_timeout_s,
         worker_send_task_events=False,
         task_send_sent_event=False,
     )

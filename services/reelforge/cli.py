@@ -133,6 +133,23 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
     ])
 
 
+@main.command()
+def relay() -> None:
+    """Run the outbox relay: persisted jobs -> Celery GPU queues."""
+    import threading
+
+    from reelforge.logging import configure_logging
+    from reelforge.relay.outbox import run
+    from reelforge.runtime import get_runtime
+
+    configure_logging()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    rt = get_runtime()
+    run(rt.redis, rt.publisher, stop, rt.settings.ready_file)
+
+
 @main.group()
 def keys() -> None:
     """Manage API keys."""

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from reelforge.celery_app import celery_app
 from reelforge.core.lifecycle import Publisher
@@ -25,6 +31,22 @@ class Runtime:
     publisher: Publisher
 
 
+# A restarted or failed-over Redis closes every pooled connection; without retry_on_error redis-py
+# surfaces that as an error on the next command instead of reconnecting.
+_RETRY_ERRORS = [RedisConnectionError, RedisTimeoutError]
+_RETRIES = 5
+
+
+def redis_client(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=10, health_check_interval=30, retry_on_error=_RETRY_ERRORS,
+                          retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), _RETRIES))
+
+
+def async_redis_client(url: str) -> AsyncRedis:
+    return AsyncRedis.from_url(url, socket_timeout=10, health_check_interval=30, retry_on_error=_RETRY_ERRORS,
+                               retry=AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), _RETRIES))
+
+
 def build_storage(settings: Settings) -> ObjectStore:
     return ObjectStore(
         endpoint_url=settings.s3_endpoint_url,
@@ -39,7 +61,7 @@ def build_storage(settings: Settings) -> ObjectStore:
 @lru_cache(maxsize=1)
 def get_runtime() -> Runtime:
     settings = get_settings()
-    redis = Redis.from_url(settings.redis_url, health_check_interval=30, socket_timeout=10)
+    redis = redis_client(settings.redis_url)
     return Runtime(
         settings=settings,
         redis=redis,

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     engine_backend: Literal["torch"] = "torch"
     engine_device: str = "cpu"
     engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
+    engine_load_timeout_s: float = Field(default=600.0, gt=0, description="how long a GPU worker may take to load")
 
     # Written by a worker process once it can take jobs (the GPU worker: once its engine is warm).
     ready_file: str | None = None

@@ -52,7 +52,9 @@ def test_jobs_survive_a_redis_restart(fault_stack: Stack, client: httpx.Client) 
         time.sleep(0.5)
     assert again.json() == done
     # the workers reconnect to the restarted broker and keep consuming
-    after = client.post("/v1/videos", json={"prompt": "after restart", "num_steps": 1}).json()
+    created = client.post("/v1/videos", json={"prompt": "after restart", "num_steps": 1})
+    assert created.status_code == 200, created.text
+    after = created.json()
     assert wait_terminal(client, after["id"], timeout=90)["status"] == "completed"
 
 

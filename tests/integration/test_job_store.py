@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +171,42 @@ def test_a_job_whose_workers_keep_dying_ends_max_attempts_exceeded(store: JobSto
     final = store.get(record.id)
     assert final is not None and final.status == "failed"
     assert final.error is not None and final.error.code == ErrorCode.max_attempts_exceeded
+
+
+def test_create_writes_an_outbox_entry_and_the_relay_publishes_it_once(store: JobStore, redis_server: Redis) -> None:
+    import threading
+
+    from reelforge.celery_app import QUEUE_GPU_BATCH, QUEUE_GPU_INTERACTIVE, create_celery
+    from reelforge.core.lifecycle import Publisher
+    from reelforge.core.store import OUTBOX_INFLIGHT_KEY, OUTBOX_KEY
+    from reelforge.relay.outbox import recover_inflight, run, take_batch
+    from reelforge.settings import Settings
+
+    port = redis_server.connection_pool.connection_kwargs["port"]
+    settings = Settings(environment="development", broker_url=f"redis://127.0.0.1:{port}/1")
+    broker = Redis(port=port, db=1)
+    broker.flushdb()
+    batch_job, _ = store.create(job(priority=Priority.batch))
+    live_job, _ = store.create(job(priority=Priority.interactive))
+    assert store.redis.llen(OUTBOX_KEY) == 2
+
+    # a relay that dies after taking entries leaves them in flight; the next one puts them back
+    assert len(take_batch(store.redis)) == 2
+    assert store.redis.llen(OUTBOX_INFLIGHT_KEY) == 2
+    assert recover_inflight(store.redis) == 2
+
+    stop = threading.Event()
+    relay = threading.Thread(target=run, args=(store.redis, Publisher(create_celery(settings)), stop))
+    relay.start()
+    try:
+        deadline = time.monotonic() + 10
+        while broker.llen(QUEUE_GPU_BATCH) + broker.llen(QUEUE_GPU_INTERACTIVE) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        relay.join()
+    assert broker.llen(QUEUE_GPU_BATCH) == 1 and broker.llen(QUEUE_GPU_INTERACTIVE) == 1
+    assert store.redis.llen(OUTBOX_KEY) == store.redis.llen(OUTBOX_INFLIGHT_KEY) == 0
+    message = json.loads(broker.lindex(QUEUE_GPU_INTERACTIVE, 0))  # type: ignore[arg-type]
+    assert message["headers"]["id"] == f"{live_job.id}.generate"
+    broker.flushdb()

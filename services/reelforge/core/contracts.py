@@ -47,7 +47,6 @@ class ErrorCode(StrEnum):
     encode_error = "encode_error"
     storage_error = "storage_error"
     max_attempts_exceeded = "max_attempts_exceeded"
-    enqueue_failed = "enqueue_failed"
     internal_error = "internal_error"
 
 

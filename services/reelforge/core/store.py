@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from reelforge.core.contracts import Phase, Status
 from reelforge.core.jobs import GPU_PHASES, JobRecord, allowed_sources, now_ms
@@ -41,19 +42,54 @@ redis.call('HSET', KEYS[1], 'status', 'in_progress')
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-# KEYS[1] job hash, KEYS[2] tenant index, KEYS[3] idempotency key (or ""). ARGV[1] job id,
-# ARGV[2] idempotency record JSON, ARGV[3] idempotency TTL s, ARGV[4..] job fields.
-# Returns {1, job id} when created, {0, existing job id} when the key was already used.
+# KEYS[1] job hash, KEYS[2] tenant index, KEYS[3] idempotency key (or ""), KEYS[4] outbox. ARGV[1] job
+# id, ARGV[2] idempotency record JSON, ARGV[3] idempotency TTL s, ARGV[4] outbox entry, ARGV[5..] job
+# fields. Returns {1, job id} when created, {0, prior idempotency record} when the key was used before.
+# The outbox entry is written in the same script as the job (transactional outbox): a job that exists
+# is always enqueued eventually, even if the gateway dies right after answering.
 _CREATE = """
 if KEYS[3] ~= '' then
   local prior = redis.call('GET', KEYS[3])
   if prior then return {0, prior} end
   redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3]))
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('LPUSH', KEYS[4], ARGV[4])
 return {1, ARGV[1]}
 """
+
+OUTBOX_KEY = f"{PREFIX}:outbox"
+OUTBOX_INFLIGHT_KEY = f"{PREFIX}:outbox:inflight"
+
+
+def outbox_entry(job: JobRecord) -> str:
+    return f"{job.priority} {job.id}"
+
+
+def parse_outbox_entry(entry: str) -> tuple[str, str]:
+    """-> (priority, job id)"""
+    priority, job_id = entry.split(" ", 1)
+    return priority, job_id
+
+
+def _create_call(job: JobRecord, idempotency: tuple[str, str] | None, ttl_s: int) -> tuple[list[str], list[Any]]:
+    idem_key = f"{PREFIX}:idem:{job.tenant}:{idempotency[0]}" if idempotency else ""
+    idem_record = json.dumps({"job_id": job.id, "body": idempotency[1]}) if idempotency else ""
+    keys = [f"{PREFIX}:job:{job.id}", f"{PREFIX}:tenant:{job.tenant}:videos", idem_key, OUTBOX_KEY]
+    return keys, [job.id, idem_record, ttl_s, outbox_entry(job), *_flatten(job.to_hash())]
+
+
+def _prior_job_id(value: bytes | str, idempotency: tuple[str, str] | None) -> str:
+    """The job a replayed Idempotency-Key refers to; IdempotencyConflict if the body differs."""
+    prior = json.loads(value)
+    if idempotency is None or prior["body"] != idempotency[1]:
+        raise IdempotencyConflict(prior["job_id"])
+    return str(prior["job_id"])
+
+
+def _record(fields: Mapping[bytes, bytes]) -> JobRecord:
+    return JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
 
 
 class IdempotencyConflict(Exception):
@@ -87,10 +123,6 @@ class JobStore:
     def tenant_index_key(tenant: str) -> str:
         return f"{PREFIX}:tenant:{tenant}:videos"
 
-    @staticmethod
-    def idempotency_key(tenant: str, key: str) -> str:
-        return f"{PREFIX}:idem:{tenant}:{key}"
-
     def create(
         self, job: JobRecord, idempotency: tuple[str, str] | None = None, idempotency_ttl_s: int = 86400
     ) -> tuple[JobRecord, bool]:
@@ -98,27 +130,19 @@ class JobStore:
 
         Raises IdempotencyConflict when the key was used with a different body.
         """
-        idem_key = self.idempotency_key(job.tenant, idempotency[0]) if idempotency else ""
-        idem_record = json.dumps({"job_id": job.id, "body": idempotency[1]}) if idempotency else ""
-        created, value = self._create(
-            keys=[self.job_key(job.id), self.tenant_index_key(job.tenant), idem_key],
-            args=[job.id, idem_record, idempotency_ttl_s, *_flatten(job.to_hash())],
-        )
+        keys, args = _create_call(job, idempotency, idempotency_ttl_s)
+        created, value = self._create(keys=keys, args=args)
         if created:
             return job, True
-        prior = json.loads(value)
-        if idempotency is None or prior["body"] != idempotency[1]:
-            raise IdempotencyConflict(prior["job_id"])
-        existing = self.get(prior["job_id"])
-        if existing is None:  # expired or purged: the key no longer protects anything
-            raise IdempotencyConflict(prior["job_id"])
+        prior_id = _prior_job_id(value, idempotency)
+        existing = self.get(prior_id)
+        if existing is None:  # purged: the key no longer protects anything
+            raise IdempotencyConflict(prior_id)
         return existing, False
 
     def get(self, job_id: str) -> JobRecord | None:
         fields = self.redis.hgetall(self.job_key(job_id))
-        if not fields:
-            return None
-        return JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
+        return _record(fields) if fields else None
 
     def get_for_tenant(self, tenant: str, job_id: str) -> JobRecord | None:
         """The job if it exists, belongs to tenant and is not deleted; otherwise None (never a hint)."""
@@ -139,11 +163,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids[:limit]:
             pipe.hgetall(self.job_key(job_id.decode()))
-        jobs = [
-            JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
-            for fields in pipe.execute()
-            if fields
-        ]
+        jobs = [_record(fields) for fields in pipe.execute() if fields]
         return jobs, has_more
 
     def transition(
@@ -183,3 +203,24 @@ class JobStore:
         pipe.hset(self.job_key(job.id), mapping={"deleted": "1", "at:deleted": str(now_ms())})
         pipe.zrem(self.tenant_index_key(job.tenant), job.id)
         pipe.execute()
+
+
+class AsyncJobCreator:
+    """The gateway's create path on asyncio Redis: one round trip, no thread hop."""
+
+    def __init__(self, redis: AsyncRedis) -> None:
+        self.redis = redis
+        self._create = redis.register_script(_CREATE)
+
+    async def create(
+        self, job: JobRecord, idempotency: tuple[str, str] | None, idempotency_ttl_s: int
+    ) -> tuple[JobRecord, bool]:
+        keys, args = _create_call(job, idempotency, idempotency_ttl_s)
+        created, value = await self._create(keys=keys, args=args)
+        if created:
+            return job, True
+        prior_id = _prior_job_id(value, idempotency)
+        fields = await self.redis.hgetall(JobStore.job_key(prior_id))
+        if not fields:
+            raise IdempotencyConflict(prior_id)
+        return _record(fields), False

@@ -1,20 +1,19 @@
-"""Video operations behind the HTTP API: create, cancel, delete. Raise core exceptions only."""
+"""Video operations behind the HTTP API: build a job, cancel, delete. Raise core exceptions only.
+
+Creation itself is one Redis script (job + index + idempotency key + outbox entry); see core.store.
+"""
 
 from __future__ import annotations
 
 import structlog
 
-from reelforge.core.contracts import ErrorCode, Phase, Priority, Status
-from reelforge.core.jobs import JobRecord, error_fields, new_job_id, now_ms
+from reelforge.core.contracts import Phase, Priority, Status
+from reelforge.core.jobs import JobRecord, new_job_id, now_ms
 from reelforge.core.lifecycle import end_job
 from reelforge.core.storage import staging_key
 from reelforge.runtime import Runtime
 
 log = structlog.get_logger("reelforge.videos")
-
-
-class EnqueueFailed(Exception):
-    """The job was persisted but the broker refused it; the job is marked failed."""
 
 
 class NotCancellable(Exception):
@@ -34,24 +33,6 @@ def new_job(tenant: str, *, prompt: str, model: str, seconds: str, size: str, ne
         webhook_url=webhook_url, metadata=metadata, priority=priority,
         transitions={str(Status.queued): created_ms},
     )
-
-
-def submit(rt: Runtime, job: JobRecord, idempotency: tuple[str, str] | None) -> tuple[JobRecord, bool]:
-    """Persist then enqueue. Returns (job, created); a replayed Idempotency-Key returns the first job.
-
-    Raises IdempotencyConflict (from the store) or EnqueueFailed.
-    """
-    stored, created = rt.store.create(job, idempotency, rt.settings.idempotency_ttl_s)
-    if not created:
-        return stored, False
-    try:
-        rt.publisher.generate(job.id, Priority(job.priority))
-    except Exception as exc:  # broker down: never leave a queued job nobody will run
-        log.error("enqueue_failed", job_id=job.id, error=str(exc))
-        end_job(rt.store, rt.publisher, job.id, Status.failed,
-                error_fields(ErrorCode.enqueue_failed, "the job could not be queued; retry the request"))
-        raise EnqueueFailed(job.id) from exc
-    return job, True
 
 
 def cancel(rt: Runtime, job: JobRecord) -> JobRecord:

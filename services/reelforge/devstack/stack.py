@@ -27,7 +27,7 @@ from reelforge.devstack.processes import ManagedProcess, free_port, start_redis,
 DEV_TENANT = "dev"
 DEV_S3_ACCESS_KEY = "reelforge-dev"
 DEV_S3_SECRET_KEY = "reelforge-dev-secret"
-WORKER_ROLES = ("gpu", "postprocess", "webhooks")
+WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks")
 READY_TIMEOUT_S = 120.0
 
 
@@ -168,8 +168,8 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
             "gateway", [*exe, "gateway", "--port", str(config.gateway_port)], data_dir / "logs", env)
         for role in config.workers:
             role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
-            starters[role] = (lambda r=role, e=role_env: ManagedProcess.spawn(
-                r, [*exe, "worker", r], data_dir / "logs", e))
+            argv = [*exe, "relay"] if role == "relay" else [*exe, "worker", role]
+            starters[role] = (lambda r=role, a=argv, e=role_env: ManagedProcess.spawn(r, a, data_dir / "logs", e))
         for name in ("gateway", *config.workers):
             echo(f"starting {name}")
             components[name] = starters[name]()

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
+from reelforge.core.store import AsyncJobCreator
 from reelforge.core.tenants import Principal, hash_key
 from reelforge.gateway.errors import APIError
 from reelforge.runtime import Runtime
@@ -25,6 +26,14 @@ async def get_rt(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_rt)]
+
+
+async def get_creator(request: Request) -> AsyncJobCreator:
+    creator: AsyncJobCreator = request.app.state.creator
+    return creator
+
+
+CreatorDep = Annotated[AsyncJobCreator, Depends(get_creator)]
 
 
 async def _lookup(rt: Runtime, token: str) -> Principal | None:

@@ -6,6 +6,8 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger("reelforge.gateway")
@@ -64,6 +66,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return envelope(exc.status_code, str(exc.detail), "invalid_request_error", None,
                         _STATUS_CODES.get(exc.status_code), dict(exc.headers or {}))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("redis_unavailable", path=request.url.path, error=str(exc))
+        return envelope(503, "The job store is unavailable; retry shortly.", "server_error", None,
+                        "service_unavailable", {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

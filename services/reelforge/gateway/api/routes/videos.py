@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.formparsers import MultiPartException
 
@@ -15,7 +14,7 @@ from reelforge.core.contracts import VideoObject
 from reelforge.core.jobs import JobRecord
 from reelforge.core.storage import ObjectNotFound, asset_key
 from reelforge.core.store import IdempotencyConflict
-from reelforge.gateway.deps import PrincipalDep, RuntimeDep
+from reelforge.gateway.deps import CreatorDep, PrincipalDep, RuntimeDep
 from reelforge.gateway.errors import APIError, bad_request, not_found
 from reelforge.gateway.validation import form_to_dict, parse_create
 from reelforge.postprocess.assets import ASSETS
@@ -65,6 +64,7 @@ def _video_response(video: VideoObject, headers: dict[str, str] | None = None) -
 async def create_video(
     request: Request,
     rt: RuntimeDep,
+    creator: CreatorDep,
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -74,14 +74,11 @@ async def create_video(
     job = videos.new_job(principal.tenant, **params.model_dump())
     idempotency = (idempotency_key, body_hash) if idempotency_key else None
     try:
-        stored, _ = await run_in_threadpool(videos.submit, rt, job, idempotency)
+        stored, _ = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s)
     except IdempotencyConflict:
         raise APIError(409, "This Idempotency-Key was already used with a different request body; use a "
                             "new key for a new request.", param="Idempotency-Key",
                        code="idempotency_key_reused") from None
-    except videos.EnqueueFailed:
-        raise APIError(503, "The job queue is unavailable; retry shortly.", code="queue_unavailable",
-                       headers={"Retry-After": "5"}) from None
     return _video_response(stored.to_video())
 
 

@@ -1,0 +1,1 @@
+"""Outbox relay: moves jobs the gateway persisted onto the Celery GPU queues."""
