@@ -6,7 +6,7 @@ import pytest
 
 from reelforge.core.catalog import REELFORGE_MINI
 from reelforge.gateway.errors import APIError
-from reelforge.gateway.validation import form_to_dict, parse_create
+from reelforge.gateway.validation import form_to_dict, parse_create, request_hash
 
 
 def refused(raw: dict[str, object]) -> APIError:
@@ -66,9 +66,10 @@ def test_integer_seconds_are_accepted_like_the_sdk_string() -> None:
 
 
 def test_request_hash_is_the_same_for_json_and_form_and_differs_by_content() -> None:
-    _, from_json = parse_create({"prompt": "p", "seed": 7, "metadata": {"a": "b"}})
-    _, from_form = parse_create(form_to_dict([("prompt", "p"), ("seed", "7"), ("metadata[a]", "b")]))
-    _, other = parse_create({"prompt": "p", "seed": 8, "metadata": {"a": "b"}})
+    from_json = request_hash(parse_create({"prompt": "p", "seed": 7, "metadata": {"a": "b", "c": "d"}})[1])
+    from_form = request_hash(parse_create(form_to_dict(
+        [("prompt", "p"), ("seed", "7"), ("metadata[c]", "d"), ("metadata[a]", "b")]))[1])
+    other = request_hash(parse_create({"prompt": "p", "seed": 8, "metadata": {"a": "b", "c": "d"}})[1])
     assert from_json == from_form
     assert from_json != other
 

@@ -97,27 +97,28 @@ class JobRecord(VideoObject):
         return Status(self.status) in TERMINAL_STATUSES
 
     def to_video(self) -> VideoObject:
-        return VideoObject.model_validate(self.model_dump(include=set(VideoObject.model_fields)))
+        return VideoObject.model_validate(self.model_dump(include=_VIDEO_FIELDS))
+
+    def video_json(self) -> str:
+        """The API's video object as JSON, serialised straight from the record (hot path)."""
+        return self.model_dump_json(include=_VIDEO_FIELDS)
 
     def to_hash(self) -> dict[str, str]:
-        data = self.model_dump(mode="json", exclude={"timings", "transitions"})
-        fields: dict[str, str] = {}
-        for key, value in data.items():
-            if value is None:
-                continue
-            if isinstance(value, (dict, list)):
-                fields[key] = json.dumps(value, separators=(",", ":"))
-            elif isinstance(value, bool):
-                fields[key] = "1" if value else "0"
-            else:
-                fields[key] = str(value)
+        fields = {"spec": self.model_dump_json(include=SPEC_FIELDS)}
+        # Defaults (progress 0, attempts 0, ...) are not written: a new job is a short script call.
+        state = self.model_dump(mode="json", include=_SCALAR_STATE_FIELDS, exclude_defaults=True)
+        fields.update({key: str(value) for key, value in state.items()})
+        if self.error is not None:
+            fields["error"] = self.error.model_dump_json()
+        if self.deleted:
+            fields["deleted"] = "1"
         fields.update({f"t:{phase}": f"{secs:.6f}" for phase, secs in self.timings.items()})
         fields.update({f"at:{status}": str(ms) for status, ms in self.transitions.items()})
         return fields
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "JobRecord":
-        data: dict[str, Any] = {}
+        data: dict[str, Any] = json.loads(fields["spec"])
         timings: dict[str, float] = {}
         transitions: dict[str, int] = {}
         for key, value in fields.items():
@@ -125,13 +126,25 @@ class JobRecord(VideoObject):
                 timings[key[2:]] = float(value)
             elif key.startswith("at:"):
                 transitions[key[3:]] = int(value)
-            elif key in ("metadata", "error"):
+            elif key == "error":
                 data[key] = json.loads(value)
             elif key == "deleted":
                 data[key] = value == "1"
-            else:
+            elif key != "spec":
                 data[key] = value
         return cls.model_validate({**data, "timings": timings, "transitions": transitions})
+
+
+# The request as accepted never changes after creation: one JSON field, written once. What moves
+# (status, progress, timings, ...) is one hash field each, so a progress update touches only its fields.
+SPEC_FIELDS = frozenset({
+    "id", "object", "model", "created_at", "prompt", "seconds", "size", "remixed_from_video_id", "steps",
+    "negative_prompt", "seed", "fps", "guidance_scale", "priority", "metadata", "tenant", "webhook_url",
+})
+_SCALAR_STATE_FIELDS = frozenset({"status", "phase", "progress", "step", "attempts", "completed_at", "expires_at"})
+_VIDEO_FIELDS = frozenset(VideoObject.model_fields)
+assert SPEC_FIELDS | _SCALAR_STATE_FIELDS | {"error", "deleted", "timings", "transitions"} == set(
+    JobRecord.model_fields), "every JobRecord field must be stored either in the spec or as state"
 
 
 def error_fields(code: str, message: str) -> dict[str, str]:

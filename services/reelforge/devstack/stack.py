@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -85,6 +86,15 @@ def _port(requested: int) -> int:
     return requested or free_port()
 
 
+def _require_free(port: int, flag: str) -> None:
+    """A taken port would let another process answer our readiness checks; refuse up front."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise StackError(f"port {port} is already in use; choose another with {flag}") from None
+
+
 def _dev_credentials(data_dir: Path, registry: TenantRegistry) -> tuple[str, str]:
     """Reuse the dev key kept in the data dir while Redis still knows it; otherwise make a new one."""
     path = data_dir / "dev-api-key"
@@ -128,6 +138,10 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     components: dict[str, ManagedProcess] = {}
     starters: dict[str, Callable[[], ManagedProcess]] = {}
+    for port, flag in ((config.gateway_port, "--port"), (config.redis_port, "--redis-port"),
+                       (config.s3_port, "--s3-port")):
+        if port:
+            _require_free(port, flag)
     try:
         redis_port = _port(config.redis_port)
         starters["redis"] = lambda: start_redis(redis_port, data_dir / "redis")

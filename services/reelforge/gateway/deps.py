@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from reelforge.core.store import AsyncJobCreator
 from reelforge.core.tenants import Principal, hash_key
 from reelforge.gateway.errors import APIError
 from reelforge.runtime import Runtime
@@ -28,14 +27,6 @@ async def get_rt(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_rt)]
 
 
-async def get_creator(request: Request) -> AsyncJobCreator:
-    creator: AsyncJobCreator = request.app.state.creator
-    return creator
-
-
-CreatorDep = Annotated[AsyncJobCreator, Depends(get_creator)]
-
-
 async def _lookup(rt: Runtime, token: str) -> Principal | None:
     digest = hash_key(token)
     cached = _auth_cache.get(digest)
@@ -50,13 +41,13 @@ async def _lookup(rt: Runtime, token: str) -> Principal | None:
     return principal
 
 
-async def authenticate(request: Request, rt: RuntimeDep) -> Principal:
+async def authenticate(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise APIError(401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
-    principal = await _lookup(rt, token.strip())
+    principal = await _lookup(request.app.state.runtime, token.strip())
     if principal is None:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})

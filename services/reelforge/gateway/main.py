@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI
 
 from reelforge import __version__
 from reelforge.core.store import AsyncJobCreator
 from reelforge.gateway.api.routes import health, videos
-from reelforge.gateway.body_limit import BodySizeLimit
 from reelforge.gateway.errors import install_error_handlers
 from reelforge.runtime import Runtime, async_redis_client, get_runtime
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     rt = runtime or get_runtime()
-    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API")
+    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API",
+                  max_body_size=rt.settings.max_body_bytes)
     app.state.runtime = rt
     app.state.creator = AsyncJobCreator(async_redis_client(rt.settings.redis_url))
-    app.add_middleware(BodySizeLimit, max_bytes=rt.settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(videos.router)
+    # Everything built so far (boto3's service models, pydantic schemas, Celery) lives as long as the
+    # process; freezing it keeps the cyclic GC from re-walking it every few thousand requests. Measured
+    # on the create path: about 30 % less CPU per request (docs/performance.md).
+    gc.collect()
+    gc.freeze()
     return app

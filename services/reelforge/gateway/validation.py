@@ -157,9 +157,15 @@ def _from_pydantic(exc: ValidationError) -> APIError:
     return bad_request(f"Invalid value for '{param}': {first['msg']}.", param)
 
 
-def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, str]:
-    """Validate a create request. Returns the resolved parameters and a hash of the request as sent
-    (for Idempotency-Key comparison: same request, same hash, whether JSON or multipart)."""
+def request_hash(body: CreateVideoBody) -> str:
+    """Hash of the request as sent, for Idempotency-Key comparison: the same request gives the same
+    hash whether it came as JSON or multipart."""
+    canonical = json.dumps(body.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, CreateVideoBody]:
+    """Validate a create request. Returns the resolved parameters and the request as sent."""
     try:
         body = CreateVideoBody.model_validate(raw)
     except ValidationError as exc:
@@ -175,9 +181,7 @@ def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, str]:
         _check_metadata(body.metadata)
     if body.webhook_url is not None:
         _check_webhook_url(body.webhook_url)
-    params = _resolve(body, spec)
-    canonical = json.dumps(body.model_dump(mode="json", exclude_none=True), sort_keys=True)
-    return params, hashlib.sha256(canonical.encode()).hexdigest()
+    return _resolve(body, spec), body
 
 
 def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:

