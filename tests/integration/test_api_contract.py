@@ -13,14 +13,25 @@ from redis import Redis
 
 from reelforge.celery_app import ALL_QUEUES
 from reelforge.core.storage import ObjectStore
+from reelforge.core.store import OUTBOX_INFLIGHT_KEY, OUTBOX_KEY
 from reelforge.devstack.stack import Stack
 from tests.integration.conftest import WebhookReceiver, new_tenant_key, wait_terminal, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-def queued_messages(broker: Redis) -> int:
-    return sum(int(broker.llen(q)) for q in ALL_QUEUES)
+def queued_messages(broker: Redis, redis_client: Redis) -> int:
+    """Messages waiting anywhere between the gateway and a worker: outbox, relay, broker queues."""
+    lists = [redis_client.llen(OUTBOX_KEY), redis_client.llen(OUTBOX_INFLIGHT_KEY)]
+    return sum(int(n) for n in lists) + sum(int(broker.llen(q)) for q in ALL_QUEUES)
+
+
+def quiet(broker: Redis, redis_client: Redis, timeout: float = 60) -> int:
+    """Wait until earlier tests' jobs have left every queue, so a count taken now can only grow."""
+    deadline = time.monotonic() + timeout
+    while (waiting := queued_messages(broker, redis_client)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return waiting
 
 
 def tenant_jobs(api: httpx.Client) -> int:
@@ -45,14 +56,14 @@ BAD_JSON_BODIES = [
 
 @pytest.mark.parametrize(("body", "param"), BAD_JSON_BODIES)
 def test_bad_input_gets_a_4xx_envelope_and_enqueues_nothing(
-    api: httpx.Client, broker: Redis, body: dict[str, object], param: str
+    api: httpx.Client, broker: Redis, redis_client: Redis, body: dict[str, object], param: str
 ) -> None:
-    before = queued_messages(broker)
+    before = quiet(broker, redis_client)
     response = api.post("/v1/videos", json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
-    assert queued_messages(broker) == before
+    assert queued_messages(broker, redis_client) == before
     assert tenant_jobs(api) == 0
 
 
@@ -69,16 +80,18 @@ def test_bad_input_gets_a_4xx_envelope_and_enqueues_nothing(
     ],
 )
 def test_malformed_bodies_are_refused(
-    api: httpx.Client, broker: Redis, content: bytes, content_type: str, status: int, code: str | None
+    api: httpx.Client, broker: Redis, redis_client: Redis, content: bytes, content_type: str, status: int,
+    code: str | None,
 ) -> None:
-    before = queued_messages(broker)
+    before = quiet(broker, redis_client)
     response = api.post("/v1/videos", content=content, headers={"content-type": content_type})
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["message"]
     if code:
         assert error["code"] == code
-    assert queued_messages(broker) == before
+    assert queued_messages(broker, redis_client) == before
+    assert tenant_jobs(api) == 0
 
 
 def test_body_limit_holds_without_content_length(api: httpx.Client) -> None:
@@ -137,15 +150,15 @@ def test_cursor_pagination_both_orders(api: httpx.Client) -> None:
 
 
 def test_idempotency_key_returns_the_same_job_and_conflicts_on_a_new_body(
-    api: httpx.Client, broker: Redis
+    api: httpx.Client, broker: Redis, redis_client: Redis
 ) -> None:
     headers = {"Idempotency-Key": "order-7"}
     first = api.post("/v1/videos", json={"prompt": "once", "seed": 3, "num_steps": 1}, headers=headers)
-    before = queued_messages(broker)
+    assert quiet(broker, redis_client) == 0
     again = api.post("/v1/videos", json={"prompt": "once", "seed": 3, "num_steps": 1}, headers=headers)
     assert first.status_code == again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
-    assert queued_messages(broker) <= before, "a replay must not enqueue a second job"
+    assert queued_messages(broker, redis_client) == 0, "a replay must not enqueue a second job"
     conflict = api.post("/v1/videos", json={"prompt": "different", "seed": 3}, headers=headers)
     assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_key_reused"
     assert tenant_jobs(api) == 1

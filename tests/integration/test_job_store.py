@@ -14,7 +14,7 @@ from redis import Redis
 
 from reelforge.core.contracts import ErrorCode, Phase, Priority, Status
 from reelforge.core.jobs import JobRecord
-from reelforge.core.store import IdempotencyConflict, JobStore
+from reelforge.core.store import OUTBOX_KEY, IdempotencyConflict, JobStore
 from reelforge.core.videos import new_job
 from reelforge.devstack.processes import free_port, start_redis
 
@@ -97,6 +97,7 @@ def test_idempotent_create_under_concurrency(store: JobStore) -> None:
         t.join()
     assert len(set(winners)) == 1
     assert store.redis.zcard(store.tenant_index_key("acme")) == 1
+    assert store.redis.lrange(OUTBOX_KEY, 0, -1) == [f"interactive {winners[0]}".encode()]
     with pytest.raises(IdempotencyConflict):
         store.create(job(), ("key-1", "hash-b"))
     other_tenant, created = store.create(job("globex"), ("key-1", "hash-b"))

@@ -63,12 +63,8 @@ def install_error_handlers(app: FastAPI) -> None:
                         param, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = str(exc.detail)
-        if exc.status_code == 413:
-            message = (f"Request body is larger than {app.state.runtime.settings.max_body_bytes} bytes; send a "
-                       "shorter prompt or fewer metadata entries.")
-        return envelope(exc.status_code, message, "invalid_request_error", None,
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return envelope(exc.status_code, str(exc.detail), "invalid_request_error", None,
                         _STATUS_CODES.get(exc.status_code), dict(exc.headers or {}))
 
     @app.exception_handler(RedisConnectionError)

@@ -9,15 +9,17 @@ from fastapi import FastAPI
 from reelforge import __version__
 from reelforge.core.store import AsyncJobCreator
 from reelforge.gateway.api.routes import health, videos
+from reelforge.gateway.body_limit import BodySizeLimit
 from reelforge.gateway.errors import install_error_handlers
 from reelforge.runtime import Runtime, async_redis_client, get_runtime
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     rt = runtime or get_runtime()
-    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API",
-                  max_body_size=rt.settings.max_body_bytes)
+    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API")
     app.state.runtime = rt
+    # Starlette's own max_body_size answers 413 in plain text, replacing any response: not our envelope.
+    app.add_middleware(BodySizeLimit, max_bytes=rt.settings.max_body_bytes)
     app.state.creator = AsyncJobCreator(async_redis_client(rt.settings.redis_url))
     install_error_handlers(app)
     app.include_router(health.router)
