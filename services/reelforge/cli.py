@@ -14,7 +14,20 @@ DEFAULT_DATA_DIR = Path(".reelforge")
 EXAMPLE_PROMPT = "a red circle moving left on a black background"
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns invalid REELFORGE_* settings into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from pydantic import ValidationError
+
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+            raise click.ClickException(f"invalid REELFORGE_* settings: {problems}") from None
+
+
+@click.group(cls=_Group)
 def main() -> None:
     """reelforge: serve text-to-video models behind an OpenAI-compatible Videos API."""
 

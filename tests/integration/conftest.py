@@ -65,16 +65,17 @@ class WebhookReceiver:
         raise AssertionError(f"expected {count} webhook deliveries for {job_id}, got {self.for_job(job_id)}")
 
 
-def stack_env() -> dict[str, str]:
-    return {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3"}
+def running_stack(factory: pytest.TempPathFactory, name: str) -> Iterator[Stack]:
+    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests."""
+    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3"}
+    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env))
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    running = start_stack(StackConfig(data_dir=data_dir, gateway_port=free_port(), env=stack_env()))
-    yield running
-    running.stop()
+    yield from running_stack(tmp_path_factory, "stack")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reelforge.devstack.processes import free_port
-from reelforge.devstack.stack import Stack, StackConfig, start_stack
-from tests.integration.conftest import new_tenant_key, stack_env, wait_terminal, wait_until
+from reelforge.devstack.stack import Stack
+from tests.integration.conftest import new_tenant_key, running_stack, wait_terminal, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack of its own: these tests restart and kill its components."""
-    data_dir = tmp_path_factory.mktemp("fault-stack")
-    running = start_stack(StackConfig(data_dir=data_dir, gateway_port=free_port(), env=stack_env()))
-    yield running
-    running.stop()
+    yield from running_stack(tmp_path_factory, "fault-stack")
 
 
 @pytest.fixture()

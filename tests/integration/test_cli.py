@@ -1,0 +1,56 @@
+"""The commands a new user runs first: `reelforge up --detach`, `generate`, `down`, as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from reelforge.devstack.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def reelforge(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reelforge.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_up_generate_down(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    port = free_port()
+    up = reelforge("up", "--detach", "--data-dir", str(data_dir), "--port", str(port))
+    assert up.returncode == 0, up.stderr
+    try:
+        assert f"gateway:        http://127.0.0.1:{port}" in up.stdout
+        assert "api key:        rf_" in up.stdout and "webhook secret: whsec_" in up.stdout
+        second = reelforge("up", "--detach", "--data-dir", str(tmp_path / "other"), "--port", str(port))
+        assert second.returncode != 0 and f"port {port} is already in use" in second.stderr
+
+        out = tmp_path / "clip.mp4"
+        gen = reelforge("generate", "a red circle moving left", "--data-dir", str(data_dir), "--steps", "2",
+                        "--output", str(out))
+        assert gen.returncode == 0, gen.stderr
+        assert f"mp4 path: {out}" in gen.stdout and f"http://127.0.0.1:{port}/v1/videos/video_" in gen.stdout
+        with av.open(str(out)) as container:
+            assert container.streams.video[0].codec_context.name == "h264"
+        info = json.loads((data_dir / "stack.json").read_text())
+        pids = list(info["pids"].values())
+    finally:
+        down = reelforge("down", "--data-dir", str(data_dir))
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert not (data_dir / "stack.json").exists()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_refuses_the_development_storage_secret_in_production() -> None:
+    result = reelforge("keys", "create", "--tenant", "acme", env={"REELFORGE_ENVIRONMENT": "production"})
+    assert result.returncode == 1
+    assert "REELFORGE_S3_SECRET_ACCESS_KEY is the development default" in result.stderr
+    assert "Traceback" not in result.stderr
