@@ -12,9 +12,9 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import re
 import shutil
-import platform
 import statistics
 import subprocess
 import sys

@@ -130,10 +130,10 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
 
         gpu_tasks.connect_engine_preload()
     else:
-        import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
-        import reelforge.webhooks.tasks  # noqa: F401
         from celery.signals import worker_ready
 
+        import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
+        import reelforge.webhooks.tasks  # noqa: F401
         from reelforge.settings import get_settings
 
         ready_file = get_settings().ready_file

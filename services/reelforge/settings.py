@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         return self.gpu_task_time_limit_s * 2 + 60
 
     @model_validator(mode="after")
-    def _refuse_unsafe_production(self) -> "Settings":
+    def _refuse_unsafe_production(self) -> Settings:
         if self.environment == "production" and self.s3_secret_access_key == "reelforge-secret":
             raise ValueError(
                 "REELFORGE_S3_SECRET_ACCESS_KEY is the development default; set a real secret "

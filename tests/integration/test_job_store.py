@@ -58,9 +58,10 @@ def test_a_cancel_racing_a_completion_has_exactly_one_winner(store: JobStore) ->
         results: dict[str, bool] = {}
         barrier = threading.Barrier(2)
 
-        def attempt(target: Status) -> None:
+        def attempt(target: Status, barrier: threading.Barrier = barrier, results: dict[str, bool] = results,
+                    job_id: str = record.id) -> None:
             barrier.wait()
-            results[str(target)] = store.transition(record.id, target)
+            results[str(target)] = store.transition(job_id, target)
 
         threads = [threading.Thread(target=attempt, args=(s,)) for s in (Status.completed, Status.cancelled)]
         for t in threads:

@@ -9,7 +9,7 @@ import av
 import httpx
 import numpy as np
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reelforge.core.storage import ObjectStore, staging_key
 from reelforge.devstack.stack import Stack
@@ -64,7 +64,7 @@ def test_prompt_to_mp4_with_signed_webhook(
     event = Webhook(secret).verify(delivery["body"], delivery["headers"])
     assert event["type"] == "video.completed" and event["data"]["status"] == "completed"
     assert event["data"]["metadata"] == {"order": "42"}
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(delivery["body"].replace("completed", "failed"), delivery["headers"])
 
 

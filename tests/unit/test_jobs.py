@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-
 from reelforge.core.contracts import Phase, Priority, Status
-from reelforge.core.jobs import TERMINAL_STATUSES, TRANSITIONS, JobRecord, allowed_sources, new_job_id, progress_for
+from reelforge.core.jobs import (
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    JobRecord,
+    allowed_sources,
+    new_job_id,
+    progress_for,
+)
 
 
 def make_job(**overrides: object) -> JobRecord:

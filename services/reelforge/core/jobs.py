@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from reelforge.core.contracts import TERMINAL_STATUSES, Phase, Status, VideoError, VideoObject
 
@@ -117,7 +117,7 @@ class JobRecord(VideoObject):
         return fields
 
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> "JobRecord":
+    def from_hash(cls, fields: dict[str, str]) -> JobRecord:
         data: dict[str, Any] = json.loads(fields["spec"])
         timings: dict[str, float] = {}
         transitions: dict[str, int] = {}

@@ -6,8 +6,9 @@ Engines know nothing of Redis, Celery or HTTP. The worker's on_step callback may
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 

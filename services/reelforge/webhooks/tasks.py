@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -39,7 +39,7 @@ def delivered_key(event_id: str) -> str:
 
 def build_event(job: JobRecord, msg: WebhookMessage) -> WebhookEvent:
     ended_ms = max(job.transitions.values()) if job.transitions else now_ms()
-    timestamp = datetime.fromtimestamp(ended_ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    timestamp = datetime.fromtimestamp(ended_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
     return WebhookEvent(type=msg.type, timestamp=timestamp, data=job.to_video())
 
 
@@ -61,7 +61,7 @@ def deliver_once(rt: Runtime, msg: WebhookMessage, attempt: int) -> bool:
     if job is None or not job.webhook_url:
         return True
     payload = build_event(job, msg).model_dump_json()
-    headers = sign(rt.tenants.webhook_secret(job.tenant), msg.event_id, payload, datetime.now(timezone.utc))
+    headers = sign(rt.tenants.webhook_secret(job.tenant), msg.event_id, payload, datetime.now(UTC))
     started = time.perf_counter()
     record: dict[str, Any] = {"event_id": msg.event_id, "type": msg.type, "attempt": attempt, "at": now_ms()}
     try:
