@@ -15,7 +15,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     _publish_client: Any = None
 
     @contextmanager
@@ -28,5 +28,5 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         yield self._publish_client
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel

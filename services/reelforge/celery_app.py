@@ -6,7 +6,7 @@ The gateway publishes by task name, so it never imports torch or the workers' co
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from reelforge.core.contracts import Priority
 from reelforge.settings import Settings, get_settings

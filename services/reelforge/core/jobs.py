@@ -137,12 +137,12 @@ class JobRecord(VideoObject):
 
 # The request as accepted never changes after creation: one JSON field, written once. What moves
 # (status, progress, timings, ...) is one hash field each, so a progress update touches only its fields.
-SPEC_FIELDS = frozenset({
+SPEC_FIELDS = {
     "id", "object", "model", "created_at", "prompt", "seconds", "size", "remixed_from_video_id", "steps",
     "negative_prompt", "seed", "fps", "guidance_scale", "priority", "metadata", "tenant", "webhook_url",
-})
-_SCALAR_STATE_FIELDS = frozenset({"status", "phase", "progress", "step", "attempts", "completed_at", "expires_at"})
-_VIDEO_FIELDS = frozenset(VideoObject.model_fields)
+}
+_SCALAR_STATE_FIELDS = {"status", "phase", "progress", "step", "attempts", "completed_at", "expires_at"}
+_VIDEO_FIELDS = set(VideoObject.model_fields)
 assert SPEC_FIELDS | _SCALAR_STATE_FIELDS | {"error", "deleted", "timings", "transitions"} == set(
     JobRecord.model_fields), "every JobRecord field must be stored either in the spec or as state"
 

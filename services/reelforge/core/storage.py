@@ -103,7 +103,8 @@ class ObjectStore:
 
     def get_bytes(self, key: str) -> bytes:
         with _storage_errors(key):
-            return self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data: bytes = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
 
     def open_stream(self, key: str, chunk_bytes: int = STREAM_CHUNK_BYTES) -> ObjectStream:
         """Stream an object to an HTTP client without holding it in memory."""
@@ -141,9 +142,10 @@ class ObjectStore:
         if not 1 <= expires_s <= MAX_PRESIGN_EXPIRY_S:
             raise ValueError(f"expires_s must be within 1..{MAX_PRESIGN_EXPIRY_S}, got {expires_s}")
         with _storage_errors(key):
-            return self._presign_client.generate_presigned_url(
+            url: str = self._presign_client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
             )
+            return url
 
     def _create_bucket(self) -> None:
         # us-east-1 is the one region S3 refuses an explicit LocationConstraint for.
@@ -152,7 +154,7 @@ class ObjectStore:
         else:
             self._client.create_bucket(
                 Bucket=self.bucket,
-                CreateBucketConfiguration={"LocationConstraint": self.region},  # type: ignore[typeddict-item]
+                CreateBucketConfiguration={"LocationConstraint": self.region},
             )
 
     def _delete_batch(self, objects: list[ObjectIdentifierTypeDef]) -> int:

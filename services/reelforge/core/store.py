@@ -88,8 +88,13 @@ def _prior_job_id(value: bytes | str, idempotency: tuple[str, str] | None) -> st
     return str(prior["job_id"])
 
 
-def _record(fields: Mapping[bytes, bytes]) -> JobRecord:
-    return JobRecord.from_hash({k.decode(): v.decode() for k, v in fields.items()})
+def as_text(value: bytes | str) -> str:
+    """redis-py returns bytes unless decode_responses is set; its types say bytes | str."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _record(fields: Mapping[bytes | str, bytes | str]) -> JobRecord:
+    return JobRecord.from_hash({as_text(k): as_text(v) for k, v in fields.items()})
 
 
 class IdempotencyConflict(Exception):
@@ -162,7 +167,7 @@ class JobStore:
         has_more = len(ids) > limit
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids[:limit]:
-            pipe.hgetall(self.job_key(job_id.decode()))
+            pipe.hgetall(self.job_key(as_text(job_id)))
         jobs = [_record(fields) for fields in pipe.execute() if fields]
         return jobs, has_more
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from redis import Redis
 
 from reelforge.core.jobs import now_ms
-from reelforge.core.store import PREFIX
+from reelforge.core.store import PREFIX, as_text
 
 KEY_PREFIX = "rf_"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -69,7 +69,7 @@ class TenantRegistry:
         record = self.redis.hmget(self._key_record(hash_key(api_key)), "tenant", "key_id")
         if record[0] is None or record[1] is None:
             return None
-        return Principal(tenant=record[0].decode(), key_id=record[1].decode())
+        return Principal(tenant=as_text(record[0]), key_id=as_text(record[1]))
 
     def ensure_tenant(self, tenant: str) -> None:
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -81,4 +81,4 @@ class TenantRegistry:
             self.ensure_tenant(tenant)
             secret = self.redis.hget(self._tenant_record(tenant), "webhook_secret")
         assert secret is not None
-        return str(secret.decode())
+        return as_text(secret)

@@ -6,6 +6,7 @@ Everything lives under one data dir and all ports are configurable, so stacks ru
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -183,7 +184,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         for role in config.workers:
             role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
             argv = [*exe, "relay"] if role == "relay" else [*exe, "worker", role]
-            starters[role] = (lambda r=role, a=argv, e=role_env: ManagedProcess.spawn(r, a, data_dir / "logs", e))
+            starters[role] = functools.partial(ManagedProcess.spawn, role, argv, data_dir / "logs", role_env)
         for name in ("gateway", *config.workers):
             echo(f"starting {name}")
             components[name] = starters[name]()

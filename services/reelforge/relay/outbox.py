@@ -23,7 +23,11 @@ from reelforge.core.store import OUTBOX_INFLIGHT_KEY, OUTBOX_KEY, parse_outbox_e
 log = structlog.get_logger("reelforge.relay")
 
 BATCH = 200
-POLL_TIMEOUT_S = 1.0
+POLL_TIMEOUT_S = 1
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
 
 
 def recover_inflight(redis: Redis) -> int:
@@ -34,16 +38,16 @@ def recover_inflight(redis: Redis) -> int:
     return moved
 
 
-def take_batch(redis: Redis, limit: int = BATCH, timeout_s: float = POLL_TIMEOUT_S) -> list[bytes]:
+def take_batch(redis: Redis, limit: int = BATCH, timeout_s: int = POLL_TIMEOUT_S) -> list[bytes]:
     first = redis.blmove(OUTBOX_KEY, OUTBOX_INFLIGHT_KEY, timeout_s, "RIGHT", "LEFT")
     if first is None:
         return []
-    batch = [first]
+    batch = [_as_bytes(first)]
     while len(batch) < limit:
         entry = redis.lmove(OUTBOX_KEY, OUTBOX_INFLIGHT_KEY, "RIGHT", "LEFT")
         if entry is None:
             break
-        batch.append(entry)
+        batch.append(_as_bytes(entry))
     return batch
 
 
@@ -53,7 +57,7 @@ def relay_batch(redis: Redis, publisher: Publisher, batch: list[bytes]) -> None:
         publisher.generate(job_id, Priority(priority))
     pipe = redis.pipeline(transaction=False)
     for entry in batch:
-        pipe.lrem(OUTBOX_INFLIGHT_KEY, 1, entry)
+        pipe.lrem(OUTBOX_INFLIGHT_KEY, 1, entry)  # type: ignore[arg-type]  # redis-py types values as str
     pipe.execute()
 
 

@@ -100,7 +100,7 @@ class ClipSpec:
     second: ObjectSpec | None = None
 
     def __post_init__(self) -> None:
-        self.main  # validates the main object's fields
+        self.main  # noqa: B018  (validates the main object's fields)
         if self.background not in BACKGROUNDS:
             choices = ", ".join(BACKGROUNDS)
             raise ValueError(f"unknown background {self.background!r}: choose one of {choices}")

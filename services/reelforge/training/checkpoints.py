@@ -1,0 +1,165 @@
+"""Trained weights on disk: one safetensors file per model and a manifest.json beside them.
+
+A weights folder is both what training writes (`reelforge model ... --out DIR`) and what the engine
+loads (`MiniEngine(checkpoint=DIR)`), so the weights shipped in the package are exactly a training
+run's output. Each file carries its model's config in the safetensors metadata, so loading needs no code
+that knows the sizes a run used. The manifest records, per stage, the code commit, data seed, steps,
+losses and metrics, plus the eval table and the sha256 of every weights file, checked on load.
+
+Files: vae.safetensors, teacher.safetensors, student_<N>step.safetensors (one per distilled step count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from reelforge.engine.dit import DiTConfig, VideoDiT
+from reelforge.engine.vae import VAEConfig, VideoVAE
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+VAE_FILE = "vae.safetensors"
+TEACHER_FILE = "teacher.safetensors"
+DIT_DTYPE = torch.float16  # halves the DiTs on disk (the package ships <= 30 MB); they run in float32
+VAE_DTYPE = torch.float32  # the decoder draws every pixel: not worth 2.5 MB of its precision
+
+
+class WeightsError(RuntimeError):
+    """A weights folder is missing a file, or a file does not match its manifest; says what to run."""
+
+
+def student_file(steps: int) -> str:
+    return f"student_{steps}step.safetensors"
+
+
+# ---- one model per file --------------------------------------------------------------------------
+
+
+def save_model(model: VideoDiT | VideoVAE, path: Path) -> None:
+    dtype = VAE_DTYPE if isinstance(model, VideoVAE) else DIT_DTYPE
+    tensors = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.state_dict().items()}
+    kind = "vae" if isinstance(model, VideoVAE) else "dit"
+    save_file(tensors, str(path), metadata={"kind": kind, "config": json.dumps(asdict(model.config))})
+
+
+def load_dit(path: Path) -> VideoDiT:
+    config, tensors = _read(path, "dit")
+    return _build(VideoDiT, DiTConfig(**config), tensors)
+
+
+def load_vae(path: Path) -> VideoVAE:
+    config, tensors = _read(path, "vae")
+    return _build(VideoVAE, VAEConfig(**config), tensors)
+
+
+def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise WeightsError(f"no weights at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        if metadata.get("kind") != kind:
+            raise WeightsError(f"{path} holds {metadata.get('kind')!r} weights, not {kind!r}")
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    # JSON has no tuples; every list in these configs is a tuple field (patch, channels)
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(metadata["config"]).items()}
+    return config, tensors
+
+
+def _build(cls: Any, config: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
+        model = cls(config)
+    model.load_state_dict(tensors)  # copy_ casts the float16 tensors into the float32 parameters
+    return model
+
+
+# ---- the manifest --------------------------------------------------------------------------------
+
+
+def code_commit() -> str | None:
+    """HEAD of the checkout this code runs from, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return {"format": MANIFEST_FORMAT, "stages": {}, "files": {}}
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
+
+
+def record(directory: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Sets manifest[stages][key] (or manifest["eval"] for key "eval"), re-hashes every weights file in
+    the folder and writes the manifest atomically, so it always describes the files beside it."""
+    manifest = read_manifest(directory)
+    if key == "eval":
+        manifest["eval"] = entry
+    else:
+        manifest["stages"][key] = {"code_commit": code_commit(), **entry}
+    manifest["files"] = {
+        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+        for p in sorted(directory.glob("*.safetensors"))
+    }
+    manifest["total_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, directory / MANIFEST)
+    return manifest
+
+
+def verified(path: Path) -> Path:
+    """path, after checking its sha256 against the manifest beside it."""
+    if not path.is_file():
+        raise WeightsError(f"no {path.name} in {path.parent}: run the training stage that writes it")
+    expected = read_manifest(path.parent)["files"].get(path.name, {}).get("sha256")
+    if expected is None:
+        raise WeightsError(f"{path.name} is not listed in {path.parent / MANIFEST}")
+    if sha256_of(path) != expected:
+        raise WeightsError(f"{path} does not match the sha256 in its manifest: the file changed after training")
+    return path
+
+
+# ---- what the engine loads -----------------------------------------------------------------------
+
+
+def is_weights_path(path: Path) -> bool:
+    """A weights folder, or one DiT file inside one (anything else is a torch.save'd state dict)."""
+    return path.is_dir() or path.suffix == ".safetensors"
+
+
+def load_engine_weights(path: Path) -> tuple[VideoDiT, VideoVAE, str]:
+    """(DiT, VAE with its latent statistics, version) from a weights folder or one of its DiT files.
+    A folder serves its 4-step student when it has one (guidance folded in: sample it at guidance 1),
+    else its teacher."""
+    if path.is_dir():
+        student = path / student_file(4)
+        dit_path = student if student.is_file() else path / TEACHER_FILE
+    else:
+        dit_path = path
+    dit_path = verified(dit_path)
+    version = f"{dit_path.stem}-{sha256_of(dit_path)[:12]}"
+    return load_dit(dit_path), load_vae(verified(dit_path.parent / VAE_FILE)), version
