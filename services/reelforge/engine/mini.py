@@ -17,6 +17,7 @@ from reelforge.engine.interface import GenerationRequest, StepCallback, StepEven
 from reelforge.engine.sampler import sample
 from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VAE_Mini, VideoVAE
+from reelforge.training.checkpoints import is_weights_path, load_engine_weights
 
 INIT_SEED = 0  # weights seed when no checkpoint is given; identical across workers and restarts
 FLOW_SHIFT = 1.0  # no time shift: the clips are small, and a few-step student is trained unshifted
@@ -28,7 +29,8 @@ class MiniEngine:
 
     def __init__(self, device: str = "cpu", threads: int = 0, checkpoint: Path | None = None) -> None:
         """threads > 0 sets torch's intra-op threads for this process; 0 keeps torch's default.
-        checkpoint: a torch.save'd dict {"dit": state_dict, "vae": state_dict, "version": str (optional)}."""
+        checkpoint: a weights folder or one DiT file in it (safetensors and a manifest, written by
+        training/checkpoints.py), or a torch.save'd dict {"dit": ..., "vae": ..., "version": str (optional)}."""
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
@@ -37,7 +39,9 @@ class MiniEngine:
             self.dit: VideoDiT = DiT_Mini()
             self.vae: VideoVAE = VAE_Mini()
         self.version = RANDOM_INIT_VERSION
-        if checkpoint is not None:
+        if checkpoint is not None and is_weights_path(Path(checkpoint)):
+            self.dit, self.vae, self.version = load_engine_weights(Path(checkpoint))
+        elif checkpoint is not None:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
             self.dit.load_state_dict(state["dit"])
             self.vae.load_state_dict(state["vae"])

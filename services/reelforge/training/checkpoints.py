@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -32,6 +33,9 @@ VAE_FILE = "vae.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 DIT_DTYPE = torch.float16  # halves the DiTs on disk (the package ships <= 30 MB); they run in float32
 VAE_DTYPE = torch.float32  # the decoder draws every pixel: not worth 2.5 MB of its precision
+
+
+Model = TypeVar("Model", VideoDiT, VideoVAE)
 
 
 class WeightsError(RuntimeError):
@@ -54,12 +58,12 @@ def save_model(model: VideoDiT | VideoVAE, path: Path) -> None:
 
 def load_dit(path: Path) -> VideoDiT:
     config, tensors = _read(path, "dit")
-    return _build(VideoDiT, DiTConfig(**config), tensors)
+    return _build(lambda: VideoDiT(DiTConfig(**config)), tensors)
 
 
 def load_vae(path: Path) -> VideoVAE:
     config, tensors = _read(path, "vae")
-    return _build(VideoVAE, VAEConfig(**config), tensors)
+    return _build(lambda: VideoVAE(VAEConfig(**config)), tensors)
 
 
 def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -75,9 +79,9 @@ def _read(path: Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.Tensor
     return config, tensors
 
 
-def _build(cls: Any, config: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _build(construct: Callable[[], Model], tensors: dict[str, torch.Tensor]) -> Model:
     with torch.random.fork_rng(devices=[]):  # the throw-away initialisation leaves the caller's RNG alone
-        model = cls(config)
+        model = construct()
     model.load_state_dict(tensors)  # copy_ casts the float16 tensors into the float32 parameters
     return model
 
@@ -89,7 +93,11 @@ def code_commit() -> str | None:
     """HEAD of the checkout this code runs from, or None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -133,14 +141,22 @@ def record(directory: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 def verified(path: Path) -> Path:
     """path, after checking its sha256 against the manifest beside it."""
+    _verified_sha256(path)
+    return path
+
+
+def _verified_sha256(path: Path) -> str:
     if not path.is_file():
         raise WeightsError(f"no {path.name} in {path.parent}: run the training stage that writes it")
     expected = read_manifest(path.parent)["files"].get(path.name, {}).get("sha256")
     if expected is None:
         raise WeightsError(f"{path.name} is not listed in {path.parent / MANIFEST}")
-    if sha256_of(path) != expected:
-        raise WeightsError(f"{path} does not match the sha256 in its manifest: the file changed after training")
-    return path
+    actual = sha256_of(path)
+    if actual != expected:
+        raise WeightsError(
+            f"{path} does not match the sha256 in its manifest: the file changed after training"
+        )
+    return actual
 
 
 # ---- what the engine loads -----------------------------------------------------------------------
@@ -160,6 +176,5 @@ def load_engine_weights(path: Path) -> tuple[VideoDiT, VideoVAE, str]:
         dit_path = student if student.is_file() else path / TEACHER_FILE
     else:
         dit_path = path
-    dit_path = verified(dit_path)
-    version = f"{dit_path.stem}-{sha256_of(dit_path)[:12]}"
+    version = f"{dit_path.stem}-{_verified_sha256(dit_path)[:12]}"
     return load_dit(dit_path), load_vae(verified(dit_path.parent / VAE_FILE)), version

@@ -1,0 +1,165 @@
+"""`reelforge model ...`: train the built-in model stage by stage into one weights folder, then score it.
+
+    reelforge model train-vae --out DIR     # vae.safetensors
+    reelforge model train     --out DIR     # teacher.safetensors (needs the VAE in DIR)
+    reelforge model distill   --out DIR     # student_{4,2,1}step.safetensors (needs the teacher)
+    reelforge model eval      --out DIR     # eval table, into DIR/manifest.json
+
+Every stage records what it did in DIR/manifest.json. `--config tiny` runs each stage in seconds (CI);
+`--config default` is the real run, whose output folder is what the package ships
+(services/reelforge/engine/weights). Heavy imports happen inside the commands, so `reelforge --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+DEFAULT_OUT = Path(".reelforge/model")
+CONFIG_NAMES = ("tiny", "default")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+_config = click.option(
+    "--config",
+    "config_name",
+    type=click.Choice(CONFIG_NAMES),
+    default="default",
+    show_default=True,
+    help="tiny: seconds, for CI; default: the real run.",
+)
+_out = click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Weights folder: earlier stages' files are read from it, this stage's written to it.",
+)
+_seed = click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seeds the generated clips and prompts, the initialisation and the sampling noise.",
+)
+_steps = click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override the config's optimisation steps (per halving round for distill).",
+)
+
+
+def _stage_options(command: F) -> F:
+    return _config(_steps(_out(_seed(command))))
+
+
+def _with_steps(cfg: Any, steps: int | None) -> Any:
+    return (
+        cfg if steps is None else dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=steps))
+    )
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise click.ClickException(
+            f"no {path.name} in {path.parent}: run `reelforge model {stage} --out {path.parent}` first"
+        )
+    return path
+
+
+@click.group()
+def model() -> None:
+    """Train, distill and evaluate the built-in text-to-video model."""
+
+
+@model.command("train-vae")
+@_stage_options
+def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+    """Train the causal 3D VAE and measure its latent statistics."""
+    from reelforge.training.checkpoints import VAE_FILE, record, save_model
+    from reelforge.training.train_vae import VAE_PRESETS, train_vae
+
+    start = time.perf_counter()
+    vae, entry = train_vae(_with_steps(VAE_PRESETS[config_name], steps), seed, _echo)
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(vae, out / VAE_FILE)
+    record(out, "vae", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    click.echo(f"wrote {out / VAE_FILE}")
+
+
+@model.command("train")
+@_stage_options
+def train_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+    """Train the DiT teacher by rectified flow on the VAE's latents."""
+    from reelforge.training.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
+    from reelforge.training.train_dit import DIT_PRESETS, train_dit
+
+    start = time.perf_counter()
+    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).eval()
+    teacher, entry = train_dit(_with_steps(DIT_PRESETS[config_name], steps), vae, seed, _echo)
+    save_model(teacher, out / TEACHER_FILE)
+    record(out, "teacher", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    click.echo(f"wrote {out / TEACHER_FILE}")
+
+
+@model.command("distill")
+@_stage_options
+def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+    """Distill the guided teacher into few-step students (progressive distillation)."""
+    from reelforge.training.checkpoints import (
+        TEACHER_FILE,
+        VAE_FILE,
+        load_dit,
+        load_vae,
+        record,
+        save_model,
+        student_file,
+        verified,
+    )  # fmt: skip
+    from reelforge.training.distill import DISTILL_PRESETS, distill
+
+    start = time.perf_counter()
+    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).eval()
+    teacher = load_dit(verified(_need(out / TEACHER_FILE, "train")))
+    students, entry = distill(_with_steps(DISTILL_PRESETS[config_name], steps), teacher, vae, seed, _echo)
+    for n, student in students.items():
+        save_model(student, out / student_file(n))
+    record(out, "distill", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    click.echo("wrote " + ", ".join(str(out / student_file(n)) for n in students))
+
+
+@model.command("eval")
+@_config
+@click.option(
+    "--prompts", type=click.IntRange(min=2), default=None, help="Override the number of held-out prompts."
+)
+@_out
+@_seed
+def eval_command(config_name: str, prompts: int | None, out: Path, seed: int) -> None:
+    """Score teacher@50, teacher@4 and student@4/2/1 on held-out prompts; print a markdown table."""
+    from reelforge.training.checkpoints import VAE_FILE, record
+    from reelforge.training.evaluate import EVAL_PRESETS, evaluate
+
+    _need(out / VAE_FILE, "train-vae")
+    cfg = EVAL_PRESETS[config_name]
+    if prompts is not None:
+        cfg = dataclasses.replace(cfg, prompts=prompts, reference_clips=prompts)
+    start = time.perf_counter()
+    entry = evaluate(out, cfg, seed, _echo)
+    if not entry["rows"]:
+        raise click.ClickException(
+            f"nothing to evaluate in {out}: run `reelforge model train --out {out}` first"
+        )
+    record(out, "eval", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    click.echo(entry["table"])

@@ -1,0 +1,157 @@
+"""Stage 3: few-step students with classifier-free guidance folded in, by progressive distillation.
+
+Method: progressive distillation (Salimans & Ho, ICLR 2022, "Progressive Distillation for Fast Sampling
+of Diffusion Models", arXiv:2202.00512) from a guided teacher (Meng et al., CVPR 2023, "On Distillation
+of Guided Diffusion Models", arXiv:2210.03142), at one fixed guidance scale, so the student needs no
+guidance-scale input and Meng et al.'s first stage (distilling the two CFG passes into one model)
+happens inside the first halving round.
+
+In the sampler's rectified-flow terms: each round halves the number of Euler steps. A student starts as
+a copy of its round's teacher and learns to cover in one Euler step from t to t - 2d what the teacher
+covers in two steps of d: for x_t on the student's time grid (training latents, forward-noised), the
+target velocity is (x_t - x_{t-2d}) / 2d, with x_{t-2d} from the teacher's two steps. Round 1's teacher
+is the trained DiT with CFG (two passes a step); later teachers are the previous round's students, run
+on the prompt alone, since the guidance is already in their weights. Each round costs a few hundred
+steps of three to five DiT passes per example, and needs no full trajectories, which is what makes it
+the cheap choice on a CPU (reflow would first sample thousands of 50-step guided trajectories).
+
+The students keep the teacher's architecture and run with the engine's unchanged Euler sampler at
+guidance_scale 1 (conditional pass only).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from reelforge.engine.dit import VideoDiT
+from reelforge.engine.mini import FLOW_SHIFT
+from reelforge.engine.sampler import flow_timesteps, guided_velocity
+from reelforge.engine.vae import VideoVAE
+from reelforge.training.train_dit import LatentDataset, build_dataset, sample_batch
+from reelforge.training.train_vae import FitResult, Log, OptimConfig, fit
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    # Round 1 halves 16 guided Euler steps, not 32 or 50: a round from 32 would add a fifth of this
+    # stage's time, and the eval table compares the students with teacher@50, so what starting at 16
+    # costs shows there.
+    teacher_steps: int = 16
+    keep_steps: tuple[int, ...] = (4, 2, 1)  # students written out; rounds run down to the smallest
+    guidance_scale: float = 4.0  # folded into the students; the eval samples the teacher at the same
+    optim: OptimConfig = OptimConfig(steps=300, lr=5e-5, warmup=20, ema_decay=0.99, log_every=25)  # per round
+    batch: int = 16
+    clips: int = 2048  # fewer than the teacher saw: a student only has to follow its teacher
+
+
+DISTILL_PRESETS = {
+    "default": DistillConfig(),
+    "tiny": DistillConfig(
+        teacher_steps=8,
+        optim=OptimConfig(steps=16, lr=1e-3, warmup=2, ema_decay=0.5, log_every=4),
+        batch=8,
+        clips=32,
+    ),
+}
+
+Velocity = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def _velocity(dit: VideoDiT, text: torch.Tensor, mask: torch.Tensor) -> Velocity:
+    null = dit.null_prompt(text.shape[0])
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, conditional: bool) -> torch.Tensor:
+        v: torch.Tensor = dit(x, t, *((text, mask) if conditional else null))  # (B, Z, T', H', W')
+        return v
+
+    return velocity
+
+
+def round_loss(
+    student: VideoDiT,
+    teacher: VideoDiT,
+    guidance_scale: float,
+    student_steps: int,
+    data: LatentDataset,
+    batch: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
+    times = flow_timesteps(2 * student_steps, FLOW_SHIFT)  # teacher grid; the student's is every other
+    i = 2 * torch.randint(student_steps, (batch,), generator=generator)  # (B,) student step starts
+    t, t_mid, t_next = (times[i + k].view(-1, 1, 1, 1, 1) for k in range(3))  # (B, 1, 1, 1, 1) each
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = (1 - t) * x0 + t * noise  # (B, Z, T', H', W')
+    with torch.no_grad():
+        velocity = _velocity(teacher, text, mask)
+        x_mid = x_t + (t_mid - t) * guided_velocity(velocity, x_t, t.flatten(), guidance_scale)
+        x_next = x_mid + (t_next - t_mid) * guided_velocity(velocity, x_mid, t_mid.flatten(), guidance_scale)
+        target = (x_next - x_t) / (t_next - t)  # the one-step velocity that lands where two steps did
+    return F.mse_loss(student(x_t, t.flatten(), text, mask), target)
+
+
+def _distill_round(
+    teacher: VideoDiT,
+    guidance_scale: float,
+    steps: int,
+    data: LatentDataset,
+    cfg: DistillConfig,
+    generator: torch.Generator,
+    log: Log,
+) -> FitResult:
+    """Trains a copy of the teacher to take `steps` Euler steps where the teacher takes 2 * steps."""
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    student.null_text.requires_grad_(False)  # students run on the prompt only
+
+    def loss_at(step: int) -> torch.Tensor:
+        return round_loss(student, teacher, guidance_scale, steps, data, cfg.batch, generator)
+
+    return fit(student, loss_at, cfg.optim, log, f"distill {2 * steps}->{steps}")
+
+
+def distill(
+    cfg: DistillConfig, teacher: VideoDiT, vae: VideoVAE, seed: int, log: Log
+) -> tuple[dict[int, VideoDiT], dict[str, Any]]:
+    """Students by step count (those in cfg.keep_steps) and the manifest entry."""
+    reachable = [cfg.teacher_steps >> r for r in range(1, cfg.teacher_steps.bit_length())]
+    if cfg.teacher_steps % 2 or not set(cfg.keep_steps) <= set(reachable):
+        raise ValueError(f"keep_steps {cfg.keep_steps} must come from halving teacher_steps: {reachable}")
+    steps = cfg.teacher_steps // 2
+    data = build_dataset(vae, cfg.clips, seed)
+    generator = torch.Generator().manual_seed(seed)
+    teacher = teacher.eval().requires_grad_(False)
+    guidance = cfg.guidance_scale
+    students: dict[int, VideoDiT] = {}
+    rounds = []
+    while steps >= min(cfg.keep_steps):
+        result = _distill_round(teacher, guidance, steps, data, cfg, generator, log)
+        rounds.append(
+            {
+                "teacher_steps": 2 * steps,
+                "student_steps": steps,
+                "guidance_scale": guidance,
+                "seconds_per_step": round(result.seconds_per_step, 4),
+                "losses": result.losses,
+            }
+        )
+        teacher = result.model.eval().requires_grad_(False)  # type: ignore[assignment]
+        if steps in cfg.keep_steps:
+            students[steps] = teacher
+        guidance, steps = 1.0, steps // 2  # from here on the guidance is in the teacher's weights
+    entry = {
+        "method": "progressive distillation (Salimans & Ho 2022) of a guided teacher (Meng et al. 2023)",
+        "data_seed": seed,
+        "steps_per_round": cfg.optim.steps,
+        "batch": cfg.batch,
+        "clips": cfg.clips,
+        "guidance_scale": cfg.guidance_scale,
+        "sample_students_at_guidance": 1.0,
+        "rounds": rounds,
+    }
+    return students, entry

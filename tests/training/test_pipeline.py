@@ -1,0 +1,117 @@
+"""`reelforge model train-vae | train | distill | eval` end to end on the tiny config: every stage learns
+(its logged loss falls), writes safetensors the engine serves, and keeps the manifest true to the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from reelforge.engine.interface import GenerationRequest, StepEvent
+from reelforge.engine.mini import MiniEngine
+from reelforge.training.checkpoints import MANIFEST, WeightsError, sha256_of, student_file
+from reelforge.training.cli import model
+
+STAGES = ("train-vae", "train", "distill", "eval")
+FILES = ("vae.safetensors", "teacher.safetensors", *(student_file(n) for n in (4, 2, 1)))
+REQUEST = GenerationRequest(
+    prompt="a red circle moving right on a black background",
+    negative_prompt="",
+    width=64,
+    height=64,
+    num_frames=16,
+    fps=8,
+    num_steps=4,
+    guidance_scale=1.0,
+    seed=7,
+)
+
+
+def ignore(event: StepEvent) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The weights folder after all four stages, and each stage's output."""
+    out = tmp_path_factory.mktemp("weights")
+    outputs = {}
+    for stage in STAGES:
+        result = CliRunner().invoke(model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3"])
+        assert result.exit_code == 0, f"{stage}: {result.output}"
+        outputs[stage] = result.output
+    return out, outputs
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((out / MANIFEST).read_text())
+    return manifest
+
+
+def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Path, dict[str, str]]) -> None:
+    out, _ = run
+    manifest = _manifest(out)
+    assert sorted(manifest["files"]) == sorted(FILES)
+    for name in FILES:
+        assert manifest["files"][name]["sha256"] == sha256_of(out / name), name
+    assert manifest["total_bytes"] == sum((out / name).stat().st_size for name in FILES)
+    for stage in ("vae", "teacher", "distill"):
+        assert manifest["stages"][stage]["data_seed"] == 3
+        assert "code_commit" in manifest["stages"][stage]
+    assert manifest["stages"]["teacher"]["steps"] == 40
+
+
+def test_each_stage_lowers_its_loss(run: tuple[Path, dict[str, str]]) -> None:
+    stages = _manifest(run[0])["stages"]
+    first_round = stages["distill"]["rounds"][0]  # the guided round: later ones start near their target
+    for name, losses in (("vae", stages["vae"]["losses"]), ("teacher", stages["teacher"]["losses"]),
+                         ("distill", first_round["losses"])):  # fmt: skip
+        first, last = losses[0][1], losses[-1][1]
+        assert last < 0.8 * first, (name, losses)
+    assert [r["student_steps"] for r in stages["distill"]["rounds"]] == [4, 2, 1]
+    assert stages["vae"]["heldout_reconstruction"]["psnr_db"] > 10
+
+
+def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[str, str]]) -> None:
+    out, outputs = run
+    table = outputs["eval"]
+    for row in ("teacher@50", "teacher@4", "student@4", "student@2", "student@1"):
+        assert f"| {row} |" in table
+    evaluation = _manifest(out)["eval"]
+    assert evaluation["table"] in table and evaluation["prompts"] == 4
+    assert 0.0 <= evaluation["rows"]["student@4"]["colour_accuracy"] <= 1.0
+
+
+def test_the_engine_serves_the_weights_folder(run: tuple[Path, dict[str, str]]) -> None:
+    out, _ = run
+    engine = MiniEngine(checkpoint=out)
+    assert engine.version.startswith("student_4step-")
+    assert engine.dit.config.hidden == 64  # the tiny run's sizes come from the files, not the defaults
+    frames = engine.generate(REQUEST, ignore)
+    assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, engine.generate(REQUEST, ignore))
+    teacher = MiniEngine(checkpoint=out / "teacher.safetensors")
+    assert teacher.version.startswith("teacher-")
+    assert not torch.equal(teacher.dit.final_layer.linear.weight, engine.dit.final_layer.linear.weight)
+
+
+def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    out, _ = run
+    for path in out.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    with (tmp_path / student_file(4)).open("r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(WeightsError, match="sha256"):
+        MiniEngine(checkpoint=tmp_path)
+
+
+def test_a_stage_without_its_inputs_says_what_to_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(model, ["distill", "--config", "tiny", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "reelforge model train-vae" in result.output
