@@ -93,28 +93,42 @@ def latency(url: str, headers: dict[str, str], args: argparse.Namespace) -> dict
     return asyncio.run(open_loop(url, headers, args.rate, args.seconds))
 
 
-def wrk_rps(url: str, headers: dict[str, str], concurrency: int, seconds: float, work: Path) -> float:
-    """Requests/s measured by wrk (C, one thread): a Python client saturates long before the gateway."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_rps(url: str, headers: dict[str, str], concurrency: int, seconds: float, work: Path,
+            pid: int) -> tuple[float, float]:
+    """Requests/s measured by wrk (C, one thread): a Python client saturates long before the gateway.
+    Also the server process's CPU microseconds per request over the same run."""
     script = work / "post.lua"
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(BODY))}",
              'wrk.headers["Content-Type"] = "application/json"']
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    served = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return rps, cpu * 1e6 / served
 
 
-def throughput_rounds(targets: dict[str, tuple[str, dict[str, str]]], args: argparse.Namespace,
-                      work: Path) -> dict[str, float]:
-    """Alternate the servers round by round so drift on a shared machine hits both alike; medians."""
-    rounds: dict[str, list[float]] = {name: [] for name in targets}
+def throughput_rounds(targets: dict[str, tuple[str, dict[str, str], int]], args: argparse.Namespace,
+                      work: Path) -> dict[str, tuple[float, float]]:
+    """Alternate the servers round by round so drift on a shared machine hits both alike; medians of
+    requests/s and of server CPU µs per request."""
+    rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     for _ in range(args.rounds):
-        for name, (url, headers) in targets.items():
-            rounds[name].append(wrk_rps(url, headers, args.concurrency, args.seconds / 2, work))
-    return {name: statistics.median(values) for name, values in rounds.items()}
+        for name, (url, headers, pid) in targets.items():
+            rounds[name].append(wrk_rps(url, headers, args.concurrency, args.seconds / 2, work, pid))
+    return {name: (statistics.median(r for r, _ in values), statistics.median(c for _, c in values))
+            for name, values in rounds.items()}
 
 
 def bench_create(args: argparse.Namespace, work: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -128,12 +142,14 @@ def bench_create(args: argparse.Namespace, work: Path) -> tuple[dict[str, float]
     try:
         bare.wait_ready(lambda: answers(f"http://127.0.0.1:{port}/docs"), "bare app answering", 30)
         targets = {
-            "ours": (f"{stack.info['gateway_url']}/v1/videos", {"Authorization": f"Bearer {stack.info['api_key']}"}),
-            "bare": (f"http://127.0.0.1:{port}/v1/videos", {}),
+            "ours": (f"{stack.info['gateway_url']}/v1/videos", {"Authorization": f"Bearer {stack.info['api_key']}"},
+                     stack.components["gateway"].pid),
+            "bare": (f"http://127.0.0.1:{port}/v1/videos", {}, bare.pid),
         }
-        results = {name: latency(url, headers, args) for name, (url, headers) in targets.items()}
-        for name, rps in throughput_rounds(targets, args, work).items():
+        results = {name: latency(url, headers, args) for name, (url, headers, _) in targets.items()}
+        for name, (rps, cpu_us) in throughput_rounds(targets, args, work).items():
             results[name]["throughput_rps"] = rps
+            results[name]["cpu_us_per_request"] = cpu_us
     finally:
         bare.stop()
         stack.stop()
@@ -201,6 +217,8 @@ def main() -> None:
         (f"throughput, wrk {args.concurrency} connections (bare)", f"{bare['throughput_rps']:.0f} req/s",
          f"median of {args.rounds} alternating rounds"),
         ("ours / bare throughput", f"{ours['throughput_rps'] / bare['throughput_rps']:.2f}", "target ≥ 0.6"),
+        ("server CPU per create, ours / bare",
+         f"{ours['cpu_us_per_request']:.0f} / {bare['cpu_us_per_request']:.0f} µs", "during the wrk rounds"),
         ("queue overhead p50 (create → GPU stage starts)", f"{pipeline['queue_p50_ms']:.1f} ms", ""),
         ("queue overhead p99", f"{pipeline['queue_p99_ms']:.1f} ms", ""),
         ("end to end p50 (1 step, 64x64x16)", f"{pipeline['e2e_p50_ms']:.0f} ms", ""),

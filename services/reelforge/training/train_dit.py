@@ -115,15 +115,13 @@ def flow_matching_loss(
     return F.mse_loss(dit(x_t, t, text, mask), noise - x0)
 
 
-def train_dit(
-    cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log, data: LatentDataset | None = None
-) -> tuple[VideoDiT, dict[str, Any]]:
+def train_dit(cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log) -> tuple[VideoDiT, dict[str, Any]]:
     """The EMA teacher and its manifest entry. The VAE must carry its latent statistics."""
     if cfg.dit.latent_channels != vae.config.latent_channels:
         raise ValueError(
             f"DiT latent_channels {cfg.dit.latent_channels} != VAE's {vae.config.latent_channels}"
         )
-    data = data if data is not None else build_dataset(vae, cfg.clips, seed)
+    data = build_dataset(vae, cfg.clips, seed)
     log(f"[teacher] {len(data.latents)} clips, {len(data.text)} unique captions encoded")
     torch.manual_seed(seed)
     dit = VideoDiT(cfg.dit)
