@@ -210,7 +210,7 @@ def generate(prompt: str, data_dir: Path, size: str | None, seconds: str | None,
     except GenerateError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"mp4 path: {path}")
-    click.echo(f"mp4 url:  {url}")
+    click.echo(f"mp4 url:  {url}  (with header 'Authorization: Bearer <api key>')")
 
 
 @main.command()

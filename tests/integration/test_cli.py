@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -45,8 +47,30 @@ def test_up_generate_down(tmp_path: Path) -> None:
         down = reelforge("down", "--data-dir", str(data_dir))
     assert down.returncode == 0 and "stopped" in down.stdout
     assert not (data_dir / "stack.json").exists()
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not any(alive(pid) for pid in pids)
+
+
+def alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fg"
+    up = subprocess.Popen([sys.executable, "-m", "reelforge.cli", "up", "--data-dir", str(data_dir), "--port",
+                           str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    info_file = data_dir / "stack.json"
+    deadline = time.monotonic() + 120
+    while not info_file.exists() and up.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert info_file.exists(), up.stdout.read() if up.stdout else ""
+    pids = json.loads(info_file.read_text())["pids"]
+    assert set(pids) == {"redis", "seaweedfs", "gateway", "relay", "gpu", "postprocess", "webhooks"}
+    assert all(alive(pid) for pid in pids.values())
+    up.send_signal(signal.SIGINT)
+    assert up.wait(timeout=60) == 0
+    assert not any(alive(pid) for pid in pids.values())
+    assert not info_file.exists()
 
 
 def test_refuses_the_development_storage_secret_in_production() -> None:

@@ -55,6 +55,8 @@ def generate_video(info: dict[str, Any], prompt: str, *, size: str | None, secon
                 video = client.get(f"/v1/videos/{video['id']}").json()
                 detail = video["phase"] + (f" {video['step']}/{video['steps']}"
                                            if video["phase"] == "denoising" else "")
+                if video["status"] in TERMINAL:
+                    detail = video["status"]
                 progress.update(bar, completed=video["progress"], description=f"{video['id']} {detail}")
         if video["status"] != "completed":
             error = video.get("error") or {}

@@ -66,13 +66,13 @@ class Stack:
 
     def detach(self) -> None:
         """Leave the processes running; `reelforge down` finds them through stack.json."""
-        self.info["pids"] = {name: proc.pid for name, proc in self.components.items()}
-        _write_info(self.config.data_dir, self.info)
 
     def restart(self, name: str) -> None:
         """Stop one component and start it again with the same ports and data (fault tests)."""
         self.components[name].stop()
         self.components[name] = self._starters[name]()
+        self.info["pids"][name] = self.components[name].pid
+        _write_info(self.config.data_dir, self.info)
 
     _starters: dict[str, Callable[[], ManagedProcess]] = field(default_factory=dict)
 
@@ -206,6 +206,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         "s3_access_key_id": DEV_S3_ACCESS_KEY,
         "s3_secret_access_key": DEV_S3_SECRET_KEY,
         "logs": str(data_dir / "logs"),
+        "pids": {name: proc.pid for name, proc in components.items()},
     }
     _write_info(data_dir, info)
     return Stack(config=config, info=info, env=env, components=components, _starters=starters)
