@@ -230,5 +230,14 @@ def demo(ctx: click.Context, data_dir: Path, port: int, prompt: str) -> None:
     click.echo(f"the stack keeps running; stop it with: reelforge down --data-dir {data_dir}")
 
 
+def _attach_model_commands() -> None:
+    from reelforge.training.cli import model
+
+    main.add_command(model)
+
+
+_attach_model_commands()
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from reelforge.engine.checkpoints import MANIFEST, WeightsError, sha256_of, student_file
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
-from reelforge.training.checkpoints import MANIFEST, WeightsError, sha256_of, student_file
 from reelforge.training.cli import model
 
 STAGES = ("train-vae", "train", "distill", "eval")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reelforge.engine.checkpoints import is_weights_path, load_engine_weights
 from reelforge.engine.dit import DiT_Mini, VideoDiT
 from reelforge.engine.interface import GenerationRequest, StepCallback, StepEvent
 from reelforge.engine.sampler import sample
 from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VAE_Mini, VideoVAE
-from reelforge.training.checkpoints import is_weights_path, load_engine_weights
 
 INIT_SEED = 0  # weights seed when no checkpoint is given; identical across workers and restarts
 FLOW_SHIFT = 1.0  # no time shift: the clips are small, and a few-step student is trained unshifted
@@ -30,7 +30,7 @@ class MiniEngine:
     def __init__(self, device: str = "cpu", threads: int = 0, checkpoint: Path | None = None) -> None:
         """threads > 0 sets torch's intra-op threads for this process; 0 keeps torch's default.
         checkpoint: a weights folder or one DiT file in it (safetensors and a manifest, written by
-        training/checkpoints.py), or a torch.save'd dict {"dit": ..., "vae": ..., "version": str (optional)}."""
+        engine/checkpoints.py), or a torch.save'd dict {"dit": ..., "vae": ..., "version": str (optional)}."""
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device(device)

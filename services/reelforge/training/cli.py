@@ -87,7 +87,7 @@ def model() -> None:
 @_stage_options
 def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
     """Train the causal 3D VAE and measure its latent statistics."""
-    from reelforge.training.checkpoints import VAE_FILE, record, save_model
+    from reelforge.engine.checkpoints import VAE_FILE, record, save_model
     from reelforge.training.train_vae import VAE_PRESETS, train_vae
 
     start = time.perf_counter()
@@ -102,7 +102,7 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int)
 @_stage_options
 def train_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
-    from reelforge.training.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
+    from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
     from reelforge.training.train_dit import DIT_PRESETS, train_dit
 
     start = time.perf_counter()
@@ -117,7 +117,7 @@ def train_command(config_name: str, steps: int | None, out: Path, seed: int) -> 
 @_stage_options
 def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
-    from reelforge.training.checkpoints import (
+    from reelforge.engine.checkpoints import (
         TEACHER_FILE,
         VAE_FILE,
         load_dit,
@@ -148,7 +148,7 @@ def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -
 @_seed
 def eval_command(config_name: str, prompts: int | None, out: Path, seed: int) -> None:
     """Score teacher@50, teacher@4 and student@4/2/1 on held-out prompts; print a markdown table."""
-    from reelforge.training.checkpoints import VAE_FILE, record
+    from reelforge.engine.checkpoints import VAE_FILE, record
     from reelforge.training.evaluate import EVAL_PRESETS, evaluate
 
     _need(out / VAE_FILE, "train-vae")

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from reelforge.engine.checkpoints import TEACHER_FILE, read_manifest, student_file
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
-from reelforge.training.checkpoints import TEACHER_FILE, read_manifest, student_file
 from reelforge.training.clips import (
     DEFAULT_FPS,
     DEFAULT_FRAMES,
