@@ -21,8 +21,13 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._refuse(send)
+                return
+            # The HTTP parser frames the body by Content-Length, so it cannot grow past what was declared:
+            # only chunked bodies need counting.
+            await self.app(scope, receive, send)
             return
         seen = 0
         started = False
