@@ -1,9 +1,9 @@
 """Celery's Redis transport with one redis client per channel instead of one per publish.
 
 kombu's Redis channel builds a new `redis.Redis` object for every message it publishes; with redis-py 8
-that costs about 150 µs of CPU (its response-callback table is rebuilt each time), which was the largest
-single cost of `POST /v1/videos` after the network round trips. A redis client is thread-safe and this
-one shares the channel's connection pool, so one per channel is enough.
+that costs about 100 µs of CPU (its response-callback table is rebuilt each time; measured 391 → 298 µs
+per publish). A redis client is thread-safe and this one shares the channel's connection pool, so one
+per channel is enough.
 """
 
 from __future__ import annotations

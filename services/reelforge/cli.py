@@ -54,8 +54,7 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool) -
     click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
     click.echo(f"webhook secret: {info['webhook_secret']}")
     click.echo(f"data dir:       {config.data_dir}")
-    if detach:
-        stack.detach()
+    if detach:  # the processes keep running; `reelforge down` finds them through stack.json
         click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
         return
     click.echo("running; Ctrl-C stops everything", err=True)

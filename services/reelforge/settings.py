@@ -30,9 +30,6 @@ class Settings(BaseSettings):
     s3_access_key_id: str = "reelforge"
     s3_secret_access_key: str = "reelforge-secret"
 
-    public_base_url: str = "http://127.0.0.1:8000"
-
-    engine_backend: Literal["torch"] = "torch"
     engine_device: str = "cpu"
     engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
     engine_load_timeout_s: float = Field(default=600.0, gt=0, description="how long a GPU worker may take to load")

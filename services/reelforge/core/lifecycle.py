@@ -41,7 +41,7 @@ class Publisher:
             args=[GenerateMessage(job_id=job_id).model_dump()],
             queue=GPU_QUEUE_BY_PRIORITY[priority],
             task_id=f"{job_id}.generate",
-            argsrepr=job_id,  # Celery would otherwise saferepr() the args on the request path
+            argsrepr=job_id,  # Celery would otherwise saferepr() the args of every message it publishes
             kwargsrepr="",
         )
 

@@ -76,7 +76,7 @@ def parse_outbox_entry(entry: str) -> tuple[str, str]:
 def _create_call(job: JobRecord, idempotency: tuple[str, str] | None, ttl_s: int) -> tuple[list[str], list[Any]]:
     idem_key = f"{PREFIX}:idem:{job.tenant}:{idempotency[0]}" if idempotency else ""
     idem_record = json.dumps({"job_id": job.id, "body": idempotency[1]}) if idempotency else ""
-    keys = [f"{PREFIX}:job:{job.id}", f"{PREFIX}:tenant:{job.tenant}:videos", idem_key, OUTBOX_KEY]
+    keys = [JobStore.job_key(job.id), JobStore.tenant_index_key(job.tenant), idem_key, OUTBOX_KEY]
     return keys, [job.id, idem_record, ttl_s, outbox_entry(job), *_flatten(job.to_hash())]
 
 

@@ -5,15 +5,11 @@ Creation itself is one Redis script (job + index + idempotency key + outbox entr
 
 from __future__ import annotations
 
-import structlog
-
 from reelforge.core.contracts import Phase, Priority, Status
 from reelforge.core.jobs import JobRecord, new_job_id, now_ms
 from reelforge.core.lifecycle import end_job
 from reelforge.core.storage import staging_key
 from reelforge.runtime import Runtime
-
-log = structlog.get_logger("reelforge.videos")
 
 
 class NotCancellable(Exception):

@@ -64,9 +64,6 @@ class Stack:
                 self.components[name].stop()
         (self.config.data_dir / STACK_INFO).unlink(missing_ok=True)
 
-    def detach(self) -> None:
-        """Leave the processes running; `reelforge down` finds them through stack.json."""
-
     def restart(self, name: str) -> None:
         """Stop one component and start it again with the same ports and data (fault tests)."""
         self.components[name].stop()
@@ -165,7 +162,6 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
             "REELFORGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "REELFORGE_S3_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY,
             "REELFORGE_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
-            "REELFORGE_PUBLIC_BASE_URL": gateway_url,
             **config.env,
         }
         storage = ObjectStore(endpoint_url=env["REELFORGE_S3_ENDPOINT_URL"], public_endpoint_url=None,
