@@ -6,6 +6,7 @@ Validated at start-up: a production deployment refuses development-only convenie
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: str = "reelforge-secret"
 
     engine_device: str = "cpu"
+    engine_weights: Path | None = Field(
+        default=None,
+        description="weights folder written by `reelforge model`; unset serves the weights shipped in the package",
+    )
     engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
     engine_load_timeout_s: float = Field(default=600.0, gt=0, description="how long a GPU worker may take to load")
 

@@ -19,7 +19,7 @@ def dit() -> VideoDiT:
     return model
 
 
-@pytest.mark.parametrize("latent", [(8, 4, 16, 16), (8, 8, 32, 32), (8, 6, 32, 16), (8, 1, 2, 2)])
+@pytest.mark.parametrize("latent", [(16, 4, 16, 16), (16, 8, 32, 32), (16, 6, 32, 16), (16, 1, 2, 2)])
 def test_velocity_has_the_latent_shape(dit: VideoDiT, latent: tuple[int, int, int, int]) -> None:
     x = torch.randn(2, *latent)
     text, mask = dit.null_prompt(2)
@@ -34,7 +34,7 @@ def test_untrained_model_predicts_zero_velocity() -> None:
     model = DiT_Mini().eval()
     text, mask = model.null_prompt(1)
     with torch.no_grad():
-        v = model(torch.randn(1, 8, 4, 8, 8), torch.tensor([0.5]), text, mask)
+        v = model(torch.randn(1, 16, 4, 8, 8), torch.tensor([0.5]), text, mask)
     assert torch.count_nonzero(v) == 0
 
 
@@ -45,7 +45,7 @@ def test_null_prompt_shape(dit: VideoDiT) -> None:
 
 
 def test_prompt_changes_output_but_masked_tokens_do_not(dit: VideoDiT) -> None:
-    x, t = torch.randn(1, 8, 2, 8, 8), torch.tensor([0.5])
+    x, t = torch.randn(1, 16, 2, 8, 8), torch.tensor([0.5])
     text = torch.randn(1, 32, 384)
     mask = torch.zeros(1, 32, dtype=torch.bool)
     mask[:, :5] = True

@@ -18,8 +18,8 @@ def test_shapes(vae: VideoVAE) -> None:
     video = torch.rand(1, 3, 16, 64, 32) * 2 - 1
     with torch.no_grad():
         mean, logvar = vae.encode(video)
-        assert mean.shape == logvar.shape == (1, 8, 4, 16, 8)
-        assert vae.latent_shape(16, 64, 32) == (8, 4, 16, 8)
+        assert mean.shape == logvar.shape == (1, 16, 4, 16, 8)
+        assert vae.latent_shape(16, 64, 32) == (16, 4, 16, 8)
         recon = vae.decode(mean)
         assert recon.shape == video.shape
         recon, mean, logvar = vae(video, generator=torch.Generator().manual_seed(0))
@@ -38,7 +38,7 @@ def test_encoder_is_causal(vae: VideoVAE) -> None:
 
 
 def test_decoder_is_causal(vae: VideoVAE) -> None:
-    z = torch.randn(1, 8, 4, 8, 8)
+    z = torch.randn(1, 16, 4, 8, 8)
     changed = z.clone()
     changed[:, :, 2] += 1.0  # latent frame 2 decodes to frames 8..11
     with torch.no_grad():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +91,24 @@ def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[s
 def test_the_engine_serves_the_weights_folder(run: tuple[Path, dict[str, str]]) -> None:
     out, _ = run
     engine = MiniEngine(checkpoint=out)
-    assert engine.version.startswith("student_4step-")
+    assert engine.version == f"weights+{sha256_of(out / 'manifest.json')[:12]}"
     assert engine.dit.config.hidden == 64  # the tiny run's sizes come from the files, not the defaults
+    assert sorted(engine.students) == [1, 2, 4]
+    guidance = _manifest(out)["stages"]["distill"]["guidance_scale"]
     frames = engine.generate(REQUEST, ignore)
     assert frames.shape == (16, 64, 64, 3) and frames.dtype == np.uint8
     np.testing.assert_array_equal(frames, engine.generate(REQUEST, ignore))
+    # A step count with a student, at the distilled guidance, runs that student in one pass a step;
+    # another guidance or step count runs the teacher with classifier-free guidance.
+    for steps in (1, 2, 4):
+        assert engine.model_for(replace(REQUEST, num_steps=steps, guidance_scale=guidance)) == (
+            engine.students[steps], 1.0)  # fmt: skip
+    assert engine.model_for(replace(REQUEST, num_steps=4, guidance_scale=2.0)) == (engine.dit, 2.0)
+    assert engine.model_for(replace(REQUEST, num_steps=8, guidance_scale=guidance)) == (engine.dit, guidance)
     teacher = MiniEngine(checkpoint=out / "teacher.safetensors")
-    assert teacher.version.startswith("teacher-")
-    assert not torch.equal(teacher.dit.final_layer.linear.weight, engine.dit.final_layer.linear.weight)
+    assert teacher.version.startswith("teacher-") and not teacher.students
+    assert torch.equal(teacher.dit.final_layer.linear.weight, engine.dit.final_layer.linear.weight)
+    assert not torch.equal(engine.students[4].final_layer.linear.weight, engine.dit.final_layer.linear.weight)
 
 
 def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    result = run("ruff", "check", "services", "tests", "loadtests")
+    result = run("ruff", "check", "services", "tests", "loadtests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

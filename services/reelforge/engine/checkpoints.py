@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,14 +167,33 @@ def is_weights_path(path: Path) -> bool:
     return path.is_dir() or path.suffix == ".safetensors"
 
 
-def load_engine_weights(path: Path) -> tuple[VideoDiT, VideoVAE, str]:
-    """(DiT, VAE with its latent statistics, version) from a weights folder or one of its DiT files.
-    A folder serves its 4-step student when it has one (guidance folded in: sample it at guidance 1),
-    else its teacher."""
-    if path.is_dir():
-        student = path / student_file(4)
-        dit_path = student if student.is_file() else path / TEACHER_FILE
-    else:
-        dit_path = path
-    version = f"{dit_path.stem}-{_verified_sha256(dit_path)[:12]}"
-    return load_dit(dit_path), load_vae(verified(dit_path.parent / VAE_FILE)), version
+@dataclass
+class EngineWeights:
+    """What a weights folder serves: the teacher (any step count, with CFG), the distilled students by
+    step count (guidance folded in at `distilled_guidance`), the VAE with its latent statistics."""
+
+    teacher: VideoDiT | None
+    students: dict[int, VideoDiT]
+    vae: VideoVAE
+    distilled_guidance: float | None  # None when the folder holds no students
+    version: str
+
+
+def load_engine_weights(path: Path) -> EngineWeights:
+    """Every model of a weights folder, each checked against the manifest; or, for one DiT file, that
+    DiT alone as the teacher (it serves every step count)."""
+    if not path.is_dir():
+        version = f"{path.stem}-{_verified_sha256(path)[:12]}"
+        return EngineWeights(load_dit(path), {}, load_vae(verified(path.parent / VAE_FILE)), None, version)
+    manifest = read_manifest(path)
+    teacher = load_dit(verified(path / TEACHER_FILE)) if (path / TEACHER_FILE).is_file() else None
+    students = {}
+    for file in sorted(path.glob("student_*step.safetensors")):
+        students[int(file.stem.removeprefix("student_").removesuffix("step"))] = load_dit(verified(file))
+    if teacher is None and not students:
+        raise WeightsError(f"no {TEACHER_FILE} or student_<N>step.safetensors in {path}")
+    distilled = manifest["stages"].get("distill", {}).get("guidance_scale") if students else None
+    # The version names the whole set: the hash of the manifest, which holds every file's sha256.
+    version = f"{manifest.get('version', 'weights')}+{sha256_of(path / MANIFEST)[:12]}"
+    vae = load_vae(verified(path / VAE_FILE))
+    return EngineWeights(teacher, students, vae, None if distilled is None else float(distilled), version)

@@ -18,7 +18,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class DiTConfig:
-    latent_channels: int = 8  # must match VAEConfig.latent_channels
+    latent_channels: int = 16  # must match VAEConfig.latent_channels
     patch: tuple[int, int, int] = (1, 2, 2)  # (t, h, w): the VAE already pools 4x in time; 2x2 in space
     # gives 64 tokens per latent frame at 64x64 and 256 at 128x128, the most a 2-core CPU can attend over
     hidden: int = 256  # tiny by design: a 4-step 64x64x16 clip must take under a second on 2 CPU cores

@@ -1,8 +1,15 @@
 """reelforge-mini: the built-in text-to-video engine, small enough to serve from a CPU.
 
 prompt -> MiniLM token states -> Euler flow-matching sampling of a latent video DiT (with classifier-free
-guidance) -> causal 3D VAE decode -> uint8 frames. Without a checkpoint the weights are a fixed-seed
-random initialization: every worker process gets identical weights and the output looks like noise.
+guidance) -> causal 3D VAE decode -> uint8 frames.
+
+Weights: a folder written by `reelforge model` (docs/model.md); by default the folder shipped in the
+package (engine/weights) when it holds a manifest, else the architecture at a fixed random seed (no
+trained set meets the model's quality targets yet, so none is shipped: docs/model.md). A request whose step count has a distilled student (1, 2 or 4 steps) and whose
+guidance_scale is the one the students were distilled at runs that student, one DiT pass a step;
+any other step count or guidance runs the teacher with classifier-free guidance, so every request is
+honoured as asked. `random_init=True` forces the fixed-seed initialisation (tests and benchmarks of the
+serving path that must not depend on shipped files).
 """
 
 from __future__ import annotations
@@ -12,43 +19,70 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reelforge.engine.checkpoints import is_weights_path, load_engine_weights
+from reelforge.engine.checkpoints import MANIFEST, is_weights_path, load_engine_weights
 from reelforge.engine.dit import DiT_Mini, VideoDiT
 from reelforge.engine.interface import GenerationRequest, StepCallback, StepEvent
 from reelforge.engine.sampler import sample
 from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VAE_Mini, VideoVAE
 
-INIT_SEED = 0  # weights seed when no checkpoint is given; identical across workers and restarts
+INIT_SEED = 0  # weights seed for random_init; identical across workers and restarts
 FLOW_SHIFT = 1.0  # no time shift: the clips are small, and a few-step student is trained unshifted
 RANDOM_INIT_VERSION = "0.1.0-random-init"
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 
 class MiniEngine:
     name = "reelforge-mini"
 
-    def __init__(self, device: str = "cpu", threads: int = 0, checkpoint: Path | None = None) -> None:
+    def __init__(
+        self,
+        device: str = "cpu",
+        threads: int = 0,
+        checkpoint: Path | None = None,
+        random_init: bool = False,
+    ) -> None:
         """threads > 0 sets torch's intra-op threads for this process; 0 keeps torch's default.
         checkpoint: a weights folder or one DiT file in it (safetensors and a manifest, written by
-        engine/checkpoints.py), or a torch.save'd dict {"dit": ..., "vae": ..., "version": str (optional)}."""
+        engine/checkpoints.py), or a torch.save'd dict {"dit": ..., "vae": ..., "version": str (optional)};
+        None serves the shipped weights when there are any."""
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's global RNG untouched
-            torch.manual_seed(INIT_SEED)
-            self.dit: VideoDiT = DiT_Mini()
-            self.vae: VideoVAE = VAE_Mini()
-        self.version = RANDOM_INIT_VERSION
+        self.students: dict[int, VideoDiT] = {}
+        self.distilled_guidance: float | None = None
+        if checkpoint is None and not random_init and (SHIPPED_WEIGHTS / MANIFEST).is_file():
+            checkpoint = SHIPPED_WEIGHTS
         if checkpoint is not None and is_weights_path(Path(checkpoint)):
-            self.dit, self.vae, self.version = load_engine_weights(Path(checkpoint))
-        elif checkpoint is not None:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            self.dit.load_state_dict(state["dit"])
-            self.vae.load_state_dict(state["vae"])
-            self.version = str(state.get("version", Path(checkpoint).stem))
+            weights = load_engine_weights(Path(checkpoint))
+            self.students, self.distilled_guidance = weights.students, weights.distilled_guidance
+            self.vae, self.version = weights.vae, weights.version
+            # The teacher serves every request no student matches; a folder of students only falls back
+            # to its most-step student (guidance then cannot be changed).
+            self.dit: VideoDiT = weights.teacher or weights.students[max(weights.students)]
+        else:
+            with torch.random.fork_rng(devices=[]):  # leaves the caller's global RNG untouched
+                torch.manual_seed(INIT_SEED)
+                self.dit = DiT_Mini()
+                self.vae: VideoVAE = VAE_Mini()
+            self.version = RANDOM_INIT_VERSION
+            if checkpoint is not None:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+                self.dit.load_state_dict(state["dit"])
+                self.vae.load_state_dict(state["vae"])
+                self.version = str(state.get("version", Path(checkpoint).stem))
         self.text_encoder = TextEncoder()
-        for module in (self.dit, self.vae, self.text_encoder):
+        for module in (self.dit, self.vae, self.text_encoder, *self.students.values()):
             module.to(self.device).eval().requires_grad_(False)
+
+    def model_for(self, request: GenerationRequest) -> tuple[VideoDiT, float]:
+        """(DiT, guidance scale to sample it at) for a request: its step count's student when the
+        requested guidance is the one distilled into it, else the teacher at the requested guidance."""
+        student = self.students.get(request.num_steps)
+        if student is not None and self.distilled_guidance is not None:
+            if abs(request.guidance_scale - self.distilled_guidance) < 1e-6:
+                return student, 1.0  # guidance is in its weights: one conditional pass a step
+        return self.dit, request.guidance_scale
 
     @torch.inference_mode()
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> np.ndarray:
@@ -56,22 +90,23 @@ class MiniEngine:
         steps = request.num_steps
         latent_shape = self._latent_shape(request)
 
+        dit, guidance = self.model_for(request)
         on_step(StepEvent("encoding_prompt", 0, steps))
-        cond, uncond = self._encode_prompts(request)
+        cond, uncond = self._encode_prompts(request.prompt, request.negative_prompt, guidance, dit)
 
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         noise = torch.randn((1, *latent_shape), generator=generator).to(self.device)  # (1, Z, T/4, H/4, W/4)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, conditional: bool) -> torch.Tensor:
             text, mask = cond if conditional else uncond
-            return self.dit(x, t, text, mask)  # (1, Z, T/4, H/4, W/4)
+            return dit(x, t, text, mask)  # (1, Z, T/4, H/4, W/4)
 
         on_step(StepEvent("denoising", 0, steps))
         latents = sample(
             velocity,
             noise,
             num_steps=steps,
-            guidance_scale=request.guidance_scale,
+            guidance_scale=guidance,
             shift=FLOW_SHIFT,
             on_step=lambda i: on_step(StepEvent("denoising", i, steps)),
         )  # (1, Z, T/4, H/4, W/4)
@@ -90,17 +125,19 @@ class MiniEngine:
         return self.vae.latent_shape(request.num_frames, request.height, request.width)
 
     def _encode_prompts(
-        self, request: GenerationRequest
+        self, prompt: str, negative_prompt: str, guidance: float, dit: VideoDiT
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((text, mask) for the prompt, (text, mask) for the unconditional pass): the negative prompt
         when one is given, else the DiT's learned null prompt. The negative is only encoded if used."""
-        use_negative = request.guidance_scale > 1.0 and bool(request.negative_prompt.strip())
-        prompts = [request.prompt, request.negative_prompt] if use_negative else [request.prompt]
+        use_negative = guidance > 1.0 and bool(negative_prompt.strip())
+        prompts = [prompt, negative_prompt] if use_negative else [prompt]
         text, mask = self.text_encoder(prompts)  # (P, L, 384), (P, L)
         cond = (text[:1], mask[:1])
-        uncond = (text[1:], mask[1:]) if use_negative else self.dit.null_prompt(1)
+        uncond = (text[1:], mask[1:]) if use_negative else dit.null_prompt(1)
         return cond, uncond
 
 
-def load_engine(device: str = "cpu", threads: int = 0, checkpoint: Path | None = None) -> MiniEngine:
-    return MiniEngine(device=device, threads=threads, checkpoint=checkpoint)
+def load_engine(
+    device: str = "cpu", threads: int = 0, checkpoint: Path | None = None, random_init: bool = False
+) -> MiniEngine:
+    return MiniEngine(device=device, threads=threads, checkpoint=checkpoint, random_init=random_init)

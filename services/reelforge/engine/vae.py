@@ -4,9 +4,11 @@ Every convolution is causal in time (padded on the past side only) and every nor
 latent frame depends on its own and earlier video frames only, and a decoded frame on its own and
 earlier latent frames only. That is what lets a later model stream or extend clips chunk by chunk.
 
-Full-resolution work is what costs on CPU, so the first and last layers work at half resolution on
-2x2 pixel patches (pixel unshuffle / shuffle, as LTX-Video does), and upsampling is a pointwise conv
-followed by depth-to-space rather than a 3x3x3 conv at the upsampled size.
+Space is compressed by patchifying, as LTX-Video's VAE does: 4x4 pixel patches go in as 48 channels
+(pixel unshuffle) and come out by depth-to-space, so every layer runs at the latent's spatial size and
+only time is downsampled (2x, twice) by strided causal convolutions. On flat-coloured generated clips
+this trained to the same error about four times faster on CPU than learned 2x spatial down/upsampling
+stages (measured 2026-11-21), and full-resolution convolutions are what a CPU decode pays for.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from torch import nn
 @dataclass(frozen=True)
 class VAEConfig:
     in_channels: int = 3  # RGB in [-1, 1]
-    latent_channels: int = 8  # 8 x (T/4) x (H/4) x (W/4): 6x fewer values than the video, easy to denoise
-    pixel_patch: int = 2  # layers run on 2x2 pixel patches: a quarter of the voxels at full resolution
-    channels: tuple[int, int, int] = (32, 64, 64)  # widths at (T, H/2), (T/2, H/4), (T/4, H/4); CPU-sized
-    kernel: int = 3  # 3x3x3: one frame of past context per conv, enough at a 4x temporal stride
+    latent_channels: int = 16  # 16 x (T/4) x (H/4) x (W/4): 12x fewer values than the video (8 kept
+    # colour and motion but blurred triangles into circles: an edge moving through a 4x4x4 cell needs more)
+    pixel_patch: int = 4  # space-to-depth factor: the whole spatial compression
+    channels: tuple[int, int] = (64, 96)  # widths at (T/2, H/4) and (T/4, H/4); CPU-sized
+    kernel: int = 3  # 3x3x3: one latent frame of past context per conv
+
+
+LOGVAR_INIT = -8.0
 
 
 def _pad_causal(x: torch.Tensor, time_pad: int, space_pad: int) -> torch.Tensor:
@@ -86,11 +92,9 @@ def _depth_to_time_space(x: torch.Tensor, t: int, s: int) -> torch.Tensor:
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        c0, c1, c2 = cfg.channels
+        c1, c2 = cfg.channels
         p, k = cfg.pixel_patch, cfg.kernel
-        self.conv_in = CausalConv3d(cfg.in_channels * p * p, c0, k)
-        self.res0 = ResBlock(c0, k)
-        self.down_time_space = CausalConv3d(c0, c1, k, stride=(2, 2, 2))
+        self.conv_in = CausalConv3d(cfg.in_channels * p * p, c1, k, stride=(2, 1, 1))
         self.res1 = ResBlock(c1, k)
         self.down_time = CausalConv3d(c1, c2, k, stride=(2, 1, 1))
         self.res2 = ResBlock(c2, k)
@@ -103,10 +107,9 @@ class Encoder(nn.Module):
         b, c, t, h, w = x.shape
         p = self.pixel_patch
         x = x.transpose(1, 2).reshape(b * t, c, h, w)  # (B*T, 3, H, W)
-        x = F.pixel_unshuffle(x, p)  # (B*T, 12, H/2, W/2)
-        x = x.view(b, t, c * p * p, h // p, w // p).transpose(1, 2)  # (B, 12, T, H/2, W/2)
-        x = self.res0(self.conv_in(x))  # (B, c0, T, H/2, W/2)
-        x = self.res1(self.down_time_space(x))  # (B, c1, T/2, H/4, W/4)
+        x = F.pixel_unshuffle(x, p)  # (B*T, 48, H/4, W/4)
+        x = x.view(b, t, c * p * p, h // p, w // p).transpose(1, 2)  # (B, 48, T, H/4, W/4)
+        x = self.res1(self.conv_in(x))  # (B, c1, T/2, H/4, W/4)
         x = self.res2(self.down_time(x))  # (B, c2, T/4, H/4, W/4)
         return self.conv_out(F.silu(self.norm_out(x)))  # (B, 2*Z, T/4, H/4, W/4)
 
@@ -114,16 +117,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        c0, c1, c2 = cfg.channels
+        c1, c2 = cfg.channels
         p, k = cfg.pixel_patch, cfg.kernel
         self.conv_in = CausalConv3d(cfg.latent_channels, c2, k)
         self.res2 = ResBlock(c2, k)
         self.up_time = nn.Conv3d(c2, c1 * 2, 1)  # pointwise, then depth-to-time: no overlap, so causal
         self.res1 = ResBlock(c1, k)
-        self.up_time_space = nn.Conv3d(c1, c0 * 2 * 2 * 2, 1)
-        self.res0 = ResBlock(c0, k)
-        self.norm_out = ChannelRMSNorm(c0)
-        self.conv_out = CausalConv3d(c0, cfg.in_channels * p * p, k)
+        self.norm_out = ChannelRMSNorm(c1)
+        self.conv_out = CausalConv3d(c1, 2 * cfg.in_channels * p * p, k)  # both frames of each pair
         self.pixel_patch = p
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -131,10 +132,8 @@ class Decoder(nn.Module):
         x = self.res2(self.conv_in(z))  # (B, c2, T/4, H/4, W/4)
         x = _depth_to_time_space(self.up_time(x), t=2, s=1)  # (B, c1, T/2, H/4, W/4)
         x = self.res1(x)  # (B, c1, T/2, H/4, W/4)
-        x = _depth_to_time_space(self.up_time_space(x), t=2, s=2)  # (B, c0, T, H/2, W/2)
-        x = self.res0(x)  # (B, c0, T, H/2, W/2)
-        x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 12, T, H/2, W/2)
-        return _depth_to_time_space(x, t=1, s=self.pixel_patch)  # (B, 3, T, H, W)
+        x = self.conv_out(F.silu(self.norm_out(x)))  # (B, 2*48, T/2, H/4, W/4)
+        return _depth_to_time_space(x, t=2, s=self.pixel_patch)  # (B, 3, T, H, W)
 
 
 class VideoVAE(nn.Module):
@@ -148,6 +147,10 @@ class VideoVAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # The posterior starts nearly deterministic (std e^-4): at logvar 0 the decoder would first see
+        # unit noise over a near-zero mean and spend hundreds of steps shrinking it before it learns
+        # anything; the KL term still keeps the variance from collapsing further than it must.
+        nn.init.constant_(self.encoder.conv_out.bias[config.latent_channels :], LOGVAR_INIT)
         # Per-channel latent statistics, measured on the training set after the VAE is trained, so the
         # DiT sees unit-variance latents (as Wan's VAE mean/std); identity until a checkpoint sets them.
         self.register_buffer("latent_mean", torch.zeros(config.latent_channels))

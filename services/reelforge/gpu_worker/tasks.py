@@ -38,7 +38,9 @@ def load_engine_once(**_: Any) -> None:
 
         settings = get_runtime().settings
         started = time.perf_counter()
-        _engine = load_engine(device=settings.engine_device, threads=settings.engine_threads)
+        _engine = load_engine(
+            device=settings.engine_device, threads=settings.engine_threads, checkpoint=settings.engine_weights
+        )
         log.info("engine_loaded", model=_engine.name, seconds=round(time.perf_counter() - started, 3))
         if settings.ready_file:
             Path(settings.ready_file).write_text(f"{_engine.name} {_engine.version}\n")

@@ -1,7 +1,12 @@
 """Stage 1: train the causal 3D VAE on generated clips, then measure the latent statistics.
 
-Loss: L1 + MSE reconstruction of a posterior sample, plus a small KL that keeps the latent near a unit
-Gaussian without blurring (as LDM's KL-f8 autoencoders). After training, the per-channel mean and std of
+Loss: a foreground-weighted MSE reconstruction of a posterior sample, plus a small KL that keeps the
+latent near a unit Gaussian without blurring (as LDM's KL-f8 autoencoders). The clips are mostly flat
+background, so an unweighted loss is content to blur the object into it: pixels that differ from
+their frame's median colour (the object) weigh FOREGROUND_WEIGHT times more. Measured on 2026-11-21
+(2 CPU cores, 250 steps each, reconstructions scored by the evaluator on held-out clips): L1 + MSE kept
+6 % of object colours, MSE 22 %, this weighting 59 %. Training clips are 8 frames (two latent frames):
+the VAE is convolutional and causal, so it runs on 16-frame clips unchanged, at half the step cost. After training, the per-channel mean and std of
 the posterior means over training clips go into the VAE's latent_mean / latent_std buffers, so the DiT
 works in unit-variance latents. Reconstruction PSNR / MSE is reported on held-out clips.
 
@@ -20,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reelforge.engine.vae import VAEConfig, VideoVAE
@@ -38,6 +42,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0: no EMA; otherwise the decay once warmed up (see EMA)
     log_every: int = 20  # steps per logged loss: each logged value is the mean over its window
+    cosine: bool = False  # after warm-up, decay the rate along a cosine to a tenth instead of holding it
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -90,7 +95,15 @@ def fit(
     """Minimises loss_at(step) for cfg.steps steps; loss_at draws its own batch for that step."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+    def rate(s: int) -> float:
+        if s < cfg.warmup:
+            return (s + 1) / cfg.warmup
+        if not cfg.cosine:
+            return 1.0
+        progress = (s - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     result = FitResult(model)
     window: list[float] = []
@@ -127,8 +140,9 @@ def fit(
 @dataclass(frozen=True)
 class VAETrainConfig:
     vae: VAEConfig = VAEConfig()  # the engine's VAE, sized for a fast CPU decode
-    optim: OptimConfig = OptimConfig(steps=700, lr=5e-4, warmup=50)
+    optim: OptimConfig = OptimConfig(steps=2000, lr=2e-3, warmup=30, log_every=50, cosine=True)
     batch: int = 8  # clips per step; flat-coloured clips carry little information each
+    train_frames: int = 8  # frames per training clip (module docstring); a multiple of 4
     kl_weight: float = 1e-4  # per latent element, against per-pixel reconstruction: keeps logvar sane only
     heldout_clips: int = 64  # reconstruction is measured on these (shape/colour/motion combos never trained)
     stats_clips: int = 256  # training clips whose posterior means give latent_mean / latent_std
@@ -138,8 +152,8 @@ class VAETrainConfig:
 VAE_PRESETS = {
     "default": VAETrainConfig(),
     "tiny": VAETrainConfig(
-        vae=VAEConfig(channels=(8, 16, 16)),
-        optim=OptimConfig(steps=30, lr=3e-3, warmup=5, log_every=5),
+        vae=VAEConfig(channels=(8, 16)),
+        optim=OptimConfig(steps=60, lr=5e-3, warmup=5, log_every=10),
         batch=2,
         heldout_clips=4,
         stats_clips=8,
@@ -148,11 +162,23 @@ VAE_PRESETS = {
 }
 
 
+FOREGROUND_WEIGHT = 10.0  # loss weight of object pixels against background ones (module docstring)
+FOREGROUND_THRESHOLD = 0.1  # in [-1, 1] units, any channel: 13 levels from the frame's median colour
+
+
+def foreground_weights(video: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, H, W): FOREGROUND_WEIGHT where a pixel differs from its frame's median colour, else 1."""
+    median = video.flatten(3).median(dim=3).values[..., None, None]  # (B, 3, T, 1, 1)
+    foreground = (video - median).abs().amax(dim=1, keepdim=True) > FOREGROUND_THRESHOLD  # (B, 1, T, H, W)
+    return 1 + (FOREGROUND_WEIGHT - 1) * foreground.float()
+
+
 def vae_loss(
     vae: VideoVAE, video: torch.Tensor, kl_weight: float, generator: torch.Generator
 ) -> torch.Tensor:
     recon, mean, logvar = vae(video, generator=generator)  # (B, 3, T, H, W), (B, Z, T/4, H/4, W/4) x 2
-    reconstruction = F.l1_loss(recon, video) + F.mse_loss(recon, video)
+    weights = foreground_weights(video)  # (B, 1, T, H, W)
+    reconstruction = (weights * (recon - video).pow(2)).mean() / weights.mean()
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
     loss: torch.Tensor = reconstruction + kl_weight * kl
     return loss
@@ -191,7 +217,7 @@ def train_vae(cfg: VAETrainConfig, seed: int, log: Log) -> tuple[VideoVAE, dict[
     generator = torch.Generator().manual_seed(seed)
 
     def loss_at(step: int) -> torch.Tensor:
-        video = video_batch(specs[step * cfg.batch : (step + 1) * cfg.batch])  # (B, 3, T, H, W)
+        video = video_batch(specs[step * cfg.batch : (step + 1) * cfg.batch], frames=cfg.train_frames)
         return vae_loss(vae, video, cfg.kl_weight, generator)
 
     result = fit(vae, loss_at, cfg.optim, log, "vae")
