@@ -194,6 +194,6 @@ def load_engine_weights(path: Path) -> EngineWeights:
         raise WeightsError(f"no {TEACHER_FILE} or student_<N>step.safetensors in {path}")
     distilled = manifest["stages"].get("distill", {}).get("guidance_scale") if students else None
     # The version names the whole set: the hash of the manifest, which holds every file's sha256.
-    version = f"{manifest.get('version', 'weights')}+{sha256_of(path / MANIFEST)[:12]}"
+    version = f"weights+{sha256_of(path / MANIFEST)[:12]}"
     vae = load_vae(verified(path / VAE_FILE))
     return EngineWeights(teacher, students, vae, None if distilled is None else float(distilled), version)

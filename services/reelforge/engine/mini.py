@@ -5,10 +5,10 @@ guidance) -> causal 3D VAE decode -> uint8 frames.
 
 Weights: a folder written by `reelforge model` (docs/model.md); by default the folder shipped in the
 package (engine/weights) when it holds a manifest, else the architecture at a fixed random seed (no
-trained set meets the model's quality targets yet, so none is shipped: docs/model.md). A request whose step count has a distilled student (1, 2 or 4 steps) and whose
-guidance_scale is the one the students were distilled at runs that student, one DiT pass a step;
-any other step count or guidance runs the teacher with classifier-free guidance, so every request is
-honoured as asked. `random_init=True` forces the fixed-seed initialisation (tests and benchmarks of the
+trained set meets the model's quality targets yet, so none is shipped). A request whose step count
+has a distilled student (1, 2 or 4 steps) and whose guidance_scale is the one the students were
+distilled at runs that student, one DiT pass a step; any other step count or guidance runs the teacher
+with classifier-free guidance, so every request is honoured as asked. `random_init=True` forces the fixed-seed initialisation (tests and benchmarks of the
 serving path that must not depend on shipped files).
 """
 

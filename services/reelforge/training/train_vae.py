@@ -6,7 +6,8 @@ background, so an unweighted loss is content to blur the object into it: pixels 
 their frame's median colour (the object) weigh FOREGROUND_WEIGHT times more. Measured on 2026-11-21
 (2 CPU cores, 250 steps each, reconstructions scored by the evaluator on held-out clips): L1 + MSE kept
 6 % of object colours, MSE 22 %, this weighting 59 %. Training clips are 8 frames (two latent frames):
-the VAE is convolutional and causal, so it runs on 16-frame clips unchanged, at half the step cost. After training, the per-channel mean and std of
+the VAE is convolutional and causal, so it runs on 16-frame clips unchanged, at half the step cost.
+After training, the per-channel mean and std of
 the posterior means over training clips go into the VAE's latent_mean / latent_std buffers, so the DiT
 works in unit-variance latents. Reconstruction PSNR / MSE is reported on held-out clips.
 
