@@ -7,8 +7,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from reelforge.worker_health import Heartbeat
 
 DEFAULT_DATA_DIR = Path(".reelforge")
 EXAMPLE_PROMPT = "a red circle moving left on a black background"
@@ -117,13 +121,19 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
         celery_app,
     )
     from reelforge.logging import configure_logging
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import consumer_heartbeat_step
 
     configure_logging()
+    settings = get_settings()
     default_queues = {
         "gpu": f"{QUEUE_GPU_INTERACTIVE},{QUEUE_GPU_BATCH}",
         "postprocess": QUEUE_POSTPROCESS,
         "webhooks": QUEUE_WEBHOOKS,
     }
+    heartbeat = _heartbeat()
+    if heartbeat is not None:
+        celery_app.steps["consumer"].add(consumer_heartbeat_step(heartbeat))
     if role == "gpu":
         from reelforge.gpu_worker import tasks as gpu_tasks
 
@@ -133,9 +143,8 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
 
         import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
         import reelforge.webhooks.tasks  # noqa: F401
-        from reelforge.settings import get_settings
 
-        ready_file = get_settings().ready_file
+        ready_file = settings.ready_file
         if ready_file:
             worker_ready.connect(lambda **_: Path(ready_file).write_text(f"{role}\n"), weak=False)
     celery_app.worker_main([
@@ -159,7 +168,63 @@ def relay() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     rt = get_runtime()
-    run(rt.redis, rt.publisher, stop, rt.settings.ready_file)
+    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat())
+
+
+def _heartbeat() -> Heartbeat | None:
+    """The heartbeat of this container's process (REELFORGE_HEARTBEAT_FILE), if one is configured."""
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import Heartbeat
+
+    settings = get_settings()
+    if not settings.heartbeat_file:
+        return None
+    return Heartbeat(Path(settings.heartbeat_file), settings.heartbeat_interval_s)
+
+
+def _probed_heartbeat() -> Heartbeat:
+    heartbeat = _heartbeat()
+    if heartbeat is None:
+        raise click.ClickException("REELFORGE_HEARTBEAT_FILE is not set, so the worker writes no heartbeat")
+    return heartbeat
+
+
+@main.command("worker-health")
+@click.option("--max-age", type=float, default=60.0, show_default=True,
+              help="Seconds since the last heartbeat after which the worker counts as stuck.")
+@click.option("--require-ready", is_flag=True,
+              help="Also require REELFORGE_READY_FILE (startup probe: the GPU worker's engine is loaded).")
+@click.option("--pid", type=int, default=1, show_default=True,
+              help="The worker's main process (1 in a container); older files are a previous run's.")
+def worker_health(max_age: float, require_ready: bool, pid: int) -> None:
+    """Probe: exit 0 while this container's worker or relay consumes, 1 when it should be restarted."""
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import process_started_at, ready_problem
+
+    heartbeat = _probed_heartbeat()
+    try:
+        since = process_started_at(pid)
+    except FileNotFoundError:
+        raise click.ClickException(f"no process {pid}") from None
+    problem = heartbeat.problem(max_age, since)
+    if problem is None and require_ready:
+        problem = ready_problem(get_settings().ready_file, since)
+    if problem is not None:
+        raise click.ClickException(problem)
+    click.echo("ok")
+
+
+@main.command("worker-drain")
+@click.option("--pid", type=int, default=1, show_default=True,
+              help="The worker's main process (1 in a container).")
+@click.option("--timeout", type=float, default=None,
+              help="Stop waiting after this many seconds; by default wait until the worker has exited.")
+def worker_drain(pid: int, timeout: float | None) -> None:
+    """preStop hook: warm-shut the worker down (its running job ends first), probe passing meanwhile."""
+    from reelforge.worker_health import drain
+
+    if not drain(_probed_heartbeat(), pid, timeout):
+        raise click.ClickException(f"process {pid} still running after {timeout} s")
 
 
 @main.group()
@@ -184,6 +249,28 @@ def keys_create(tenant: str, name: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
     click.echo(json.dumps({"tenant": tenant, "key_id": key_id, "api_key": api_key,
                            "webhook_secret": registry.webhook_secret(tenant)}))
+
+
+@keys.command("import")
+@click.option("--tenant", required=True)
+@click.option("--name", default="imported", show_default=True)
+@click.option("--api-key", envvar="REELFORGE_IMPORT_API_KEY", required=True, show_envvar=True,
+              help="The key to register; prefer the environment variable: a command line is visible to others.")
+def keys_import(tenant: str, name: str, api_key: str) -> None:
+    """Register an API key made outside reelforge (a Kubernetes Secret) for TENANT; safe to repeat."""
+    from redis import Redis
+
+    from reelforge.core.tenants import InvalidKey, InvalidTenant, TenantRegistry
+    from reelforge.settings import get_settings
+
+    registry = TenantRegistry(Redis.from_url(get_settings().redis_url))
+    try:
+        key_id = registry.import_key(tenant, api_key, name)
+    except InvalidTenant as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+    except InvalidKey as exc:
+        raise click.BadParameter(str(exc), param_hint="--api-key") from None
+    click.echo(json.dumps({"tenant": tenant, "key_id": key_id}))
 
 
 @main.command()

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
 
     # Written by a worker process once it can take jobs (the GPU worker: once its engine is warm).
     ready_file: str | None = None
+    # Refreshed by a worker while it consumes (and by the relay while it relays); `reelforge worker-health`
+    # checks its age. Unset: no heartbeat is written.
+    heartbeat_file: str | None = None
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
 
     # A job that fails this many GPU attempts ends `failed` with code max_attempts_exceeded.
     max_attempts: int = Field(default=3, ge=1)
