@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
+from unittest import mock
 
 import click
 
@@ -12,8 +14,9 @@ from reelforge.cli import main
 NOT_YET_ON_THIS_BRANCH = {"exporter"}
 
 
-def assert_cli_accepts(args: Sequence[str]) -> None:
-    """Parse args as `reelforge ARGS` without running anything: unknown commands, options or choices fail."""
+def assert_cli_accepts(args: Sequence[str], env_names: Iterable[str] = ()) -> None:
+    """Parse args as `reelforge ARGS` without running anything: unknown commands, options or choices fail.
+    env_names: variables the container sets (options may be read from them), given a placeholder here."""
     command: click.Command = main
     rest = list(args)
     while isinstance(command, click.Group):
@@ -24,6 +27,7 @@ def assert_cli_accepts(args: Sequence[str]) -> None:
         assert name in command.commands, f"`reelforge {' '.join(args)}`: no command {name!r}"
         command = command.commands[name]
     try:
-        command.make_context(f"reelforge {command.name}", rest)
+        with mock.patch.dict(os.environ, dict.fromkeys(env_names, "placeholder")):
+            command.make_context(f"reelforge {command.name}", rest)
     except click.UsageError as exc:
         raise AssertionError(f"`reelforge {' '.join(args)}` is refused: {exc.format_message()}") from None
