@@ -273,6 +273,17 @@ def keys_import(tenant: str, name: str, api_key: str) -> None:
     click.echo(json.dumps({"tenant": tenant, "key_id": key_id}))
 
 
+@main.command("storage-init")
+def storage_init() -> None:
+    """Create the object storage bucket (REELFORGE_S3_BUCKET) if it is missing; safe to repeat."""
+    from reelforge.runtime import build_storage
+    from reelforge.settings import get_settings
+
+    settings = get_settings()
+    build_storage(settings).ensure_bucket()
+    click.echo(json.dumps({"bucket": settings.s3_bucket}))
+
+
 @main.command()
 @click.argument("prompt", default=EXAMPLE_PROMPT)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR, show_default=True,

@@ -38,7 +38,7 @@ def _hadolint() -> str:
     return found
 
 
-def _stages() -> dict[str, Stage]:
+def dockerfile_stages() -> dict[str, Stage]:
     """Build stages by name, continuation lines joined, comments dropped."""
     lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
     joined = re.sub(r"\\\n", " ", "\n".join(lines))
@@ -76,14 +76,14 @@ def test_hadolint_reports_no_warning() -> None:
 
 
 def test_every_target_exists_and_the_gateway_is_the_default() -> None:
-    stages = _stages()
+    stages = dockerfile_stages()
     assert set(TARGETS) <= set(stages)
     assert list(stages)[-1] == "gateway"  # `docker build .` builds the last stage
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_target_runs_as_a_numeric_non_root_user(target: str) -> None:
-    user = _inherited(_stages(), target, "USER")
+    user = _inherited(dockerfile_stages(), target, "USER")
     assert user is not None, f"{target} sets no USER, so it would run as root"
     uid = user.split(":")[0]
     # Numeric, so Kubernetes' runAsNonRoot can verify it without the image's /etc/passwd.
@@ -91,7 +91,7 @@ def test_target_runs_as_a_numeric_non_root_user(target: str) -> None:
 
 
 def test_every_base_image_is_pinned_to_a_version() -> None:
-    stages = _stages()
+    stages = dockerfile_stages()
     external = {stage.base for stage in stages.values() if stage.base not in stages}
     for image in external:
         tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
@@ -99,7 +99,7 @@ def test_every_base_image_is_pinned_to_a_version() -> None:
 
 
 def test_the_gpu_worker_has_a_cuda_base_and_one_process() -> None:
-    stages = _stages()
+    stages = dockerfile_stages()
     assert stages["worker-gpu"].base.startswith("nvidia/cuda:")
     assert "whl/cu" in " ".join(args for _, args in stages["build-gpu"].instructions)
     assert "whl/cpu" in " ".join(args for _, args in stages["build-cpu"].instructions)
@@ -109,7 +109,7 @@ def test_the_gpu_worker_has_a_cuda_base_and_one_process() -> None:
 
 @pytest.mark.parametrize("target", REELFORGE_TARGETS)
 def test_target_command_and_healthcheck_are_real_reelforge_commands(target: str) -> None:
-    stages = _stages()
+    stages = dockerfile_stages()
     assert json.loads(_inherited(stages, target, "ENTRYPOINT") or "[]") == ["reelforge"]
     assert_cli_accepts(json.loads(_inherited(stages, target, "CMD") or "[]"))
     healthcheck = _inherited(stages, target, "HEALTHCHECK")
