@@ -65,7 +65,7 @@ def _written_since(path: Path, since: float) -> bool:
 
 
 def process_started_at(pid: int) -> float:
-    """Epoch seconds when pid started (Linux /proc), rounded down to the second the kernel gives."""
+    """Epoch seconds when pid started (Linux /proc), less a second: the kernel's boot time is whole seconds."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                 if line.startswith("btime "))
