@@ -65,7 +65,8 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None
         time.sleep(0.2)
     assert info_file.exists(), up.stdout.read() if up.stdout else ""
     pids = json.loads(info_file.read_text())["pids"]
-    assert set(pids) == {"redis", "seaweedfs", "gateway", "relay", "gpu", "postprocess", "webhooks"}
+    assert set(pids) == {"redis", "seaweedfs", "gateway", "relay", "gpu", "postprocess", "webhooks",
+                         "exporter"}
     assert all(alive(pid) for pid in pids.values())
     up.send_signal(signal.SIGINT)
     assert up.wait(timeout=60) == 0

@@ -1,0 +1,26 @@
+"""prometheus-client's multiprocess mode for processes that fork (Celery prefork, uvicorn --workers).
+
+Kept apart from metrics.py: the directory must be chosen before prometheus_client is first imported.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def use_multiprocess_dir(role: str) -> Path:
+    """Point prometheus-client at a fresh directory for this deployable's processes (values left by an
+    earlier run would otherwise be added to this one's)."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("use_multiprocess_dir must run before prometheus_client is imported")
+    path = Path(tempfile.gettempdir()) / f"reelforge-metrics-{role}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path
