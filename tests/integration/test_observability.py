@@ -126,11 +126,28 @@ def test_one_trace_per_job_from_request_to_webhook(
         assert mine and all(line["trace_id"] == CLIENT_TRACE_ID for line in mine), (role, mine[:3])
 
 
-def test_a_cancelled_job_keeps_its_trace_and_a_new_job_gets_one(api: httpx.Client, receiver: WebhookReceiver) -> None:
-    video = _video(api, receiver, priority="batch", num_steps=50, size="128x128", seconds="4")
+def gpu_in_flight(stack: Stack) -> float:
+    """reelforge_jobs_in_flight of the GPU worker, read from its own endpoint (the sum over its processes)."""
+    text = httpx.get(f"http://{stack.info['metrics']['gpu']}/metrics", timeout=5).text
+    found = re.search(r'^reelforge_jobs_in_flight\{stage="gpu"\} (\S+)$', text, re.M)
+    assert found, text
+    return float(found[1])
+
+
+def test_a_cancelled_job_keeps_its_trace_and_a_new_job_gets_one(
+    api: httpx.Client, receiver: WebhookReceiver, stack: Stack
+) -> None:
+    # a malformed traceparent is ignored (a new trace), never an error
+    video = _video(api, receiver, {"traceparent": "00-zz-not-a-trace"}, priority="batch", num_steps=50,
+                   size="128x128", seconds="4")
     assert re.fullmatch(r"[0-9a-f]{32}", video["trace_id"]) and video["trace_id"] != "0" * 32
     wait_until(api, video["id"], lambda v: v["status"] == "in_progress")
+    assert gpu_in_flight(stack) == 1, "the running job is in flight in the GPU worker's child process"
     assert api.post(f"/v1/videos/{video['id']}/cancel").json()["status"] == "cancelled"
+    deadline = time.monotonic() + 30  # the worker stops at its next step
+    while gpu_in_flight(stack) != 0:
+        assert time.monotonic() < deadline, "the cancelled job still counts as in flight"
+        time.sleep(0.2)
     delivery = receiver.wait_for(video["id"])[0]
     assert json.loads(delivery["body"])["type"] == "video.cancelled"
     # published by the gateway while answering the cancel request, yet in the job's trace
@@ -165,6 +182,7 @@ def test_prometheus_scrapes_every_key_series_and_every_rule_and_dashboard_evalua
         receiver.wait_for(video["id"])
     assert api.post("/v1/videos", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
     assert api.get("/v1/no-such-route").status_code == 404
+    assert api.request("PROPFIND", "/v1/videos").status_code == 405  # a method outside the label set
 
     for queue in ALL_QUEUES:
         prometheus.wait_for(f'reelforge_queue_depth{{queue="{queue}"}}')
@@ -181,6 +199,7 @@ def test_prometheus_scrapes_every_key_series_and_every_rule_and_dashboard_evalua
         'reelforge_http_requests_total{route="/v1/videos",method="POST",status_class="2xx"}',
         'reelforge_http_requests_total{route="/v1/videos",method="POST",status_class="4xx"}',
         'reelforge_http_requests_total{route="unmatched",method="GET",status_class="4xx"}',
+        'reelforge_http_requests_total{route="/v1/videos",method="OTHER",status_class="4xx"}',
         'reelforge_http_requests_total{route="/v1/videos/{video_id}",method="GET",status_class="2xx"}',
         'reelforge_engine_loaded{model="reelforge-mini"} == 1',
         "reelforge_denoise_step_duration_seconds_count > 0", 'reelforge_gpu_attempt_seconds_count{outcome="completed"}',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 
 from reelforge import __version__
 from reelforge.core.store import AsyncJobCreator
@@ -16,11 +17,16 @@ from reelforge.gateway.telemetry import router as metrics_router
 from reelforge.observability.tracing import configure_tracing
 from reelforge.runtime import Runtime, async_redis_client, get_runtime
 
+# FastAPI's native telemetry would add its own spans around ours as soon as a tracer provider is set; the
+# server span and the metrics are RequestTelemetry's (telemetry.py says why).
+TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     rt = runtime or get_runtime()
     configure_tracing("gateway", rt.settings)
-    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API")
+    app = FastAPI(title="reelforge", version=__version__, summary="OpenAI-compatible video generation API",
+                  telemetry=TELEMETRY)
     app.state.runtime = rt
     # Starlette's own max_body_size answers 413 in plain text, replacing any response: not our envelope.
     app.add_middleware(BodySizeLimit, max_bytes=rt.settings.max_body_bytes)

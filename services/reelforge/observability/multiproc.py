@@ -5,6 +5,7 @@ Kept apart from metrics.py: the directory must be chosen before prometheus_clien
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -23,4 +24,11 @@ def use_multiprocess_dir(role: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(path)
+    atexit.register(_remove_if_owner, path, os.getpid())
     return path
+
+
+def _remove_if_owner(path: Path, owner: int) -> None:
+    # Forked children inherit atexit hooks: only the process that made the directory removes it.
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
