@@ -55,6 +55,7 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool) -
     click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
     click.echo(f"webhook secret: {info['webhook_secret']}")
     click.echo(f"data dir:       {config.data_dir}")
+    click.echo("metrics:        " + ", ".join(f"{name} {target}" for name, target in info["metrics"].items()))
     if detach:  # the processes keep running; `reelforge down` finds them through stack.json
         click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
         return
@@ -134,7 +135,10 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
     settings = get_settings()
     configure_tracing(f"worker-{role}", settings)
     connect_task_metrics((role,))
-    metrics.serve(settings.metrics_port)
+    try:
+        metrics.serve(settings.metrics_port)
+    except metrics.MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
     default_queues = {
         "gpu": f"{QUEUE_GPU_INTERACTIVE},{QUEUE_GPU_BATCH}",
         "postprocess": QUEUE_POSTPROCESS,
@@ -179,9 +183,10 @@ def relay() -> None:
 @click.option("--port", type=int, default=None, help="Defaults to REELFORGE_EXPORTER_PORT (9101).")
 def exporter(port: int | None) -> None:
     """Serve queue metrics read from Redis: depth and oldest age per queue, outbox, dead letters."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from reelforge.logging import configure_logging, get_logger
+    from reelforge.observability.metrics import MetricsPortTaken, serve_registry
     from reelforge.observability.queues import QueueCollector
     from reelforge.runtime import redis_client
     from reelforge.settings import get_settings
@@ -191,7 +196,10 @@ def exporter(port: int | None) -> None:
     settings = get_settings()
     registry = CollectorRegistry()
     registry.register(QueueCollector(redis_client(settings.celery_broker_url), redis_client(settings.redis_url)))
-    start_http_server(port or settings.exporter_port, addr="0.0.0.0", registry=registry)
+    try:
+        serve_registry(registry, port or settings.exporter_port, "REELFORGE_EXPORTER_PORT")
+    except MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
     get_logger("reelforge.exporter").info("exporter_started", port=port or settings.exporter_port)
     if settings.ready_file:
         Path(settings.ready_file).write_text("exporter\n")

@@ -123,7 +123,20 @@ def registry() -> CollectorRegistry:
     return collected
 
 
+class MetricsPortTaken(Exception):
+    pass
+
+
 def serve(port: int) -> None:
-    """Serve /metrics on a background thread (0 disables)."""
+    """Serve this process's (or, in multiprocess mode, all its processes') metrics; 0 disables."""
     if port:
-        start_http_server(port, addr="0.0.0.0", registry=registry())
+        serve_registry(registry(), port, "REELFORGE_METRICS_PORT")
+
+
+def serve_registry(collected: CollectorRegistry, port: int, setting: str) -> None:
+    """/metrics on all interfaces (scraped from other hosts), from a background thread."""
+    try:
+        start_http_server(port, addr="0.0.0.0", registry=collected)
+    except OSError as exc:
+        raise MetricsPortTaken(f"cannot serve metrics on port {port} ({exc.strerror}); choose another with "
+                               f"{setting}, or 0 to disable") from None
