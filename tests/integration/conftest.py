@@ -27,6 +27,7 @@ from reelforge.devstack.processes import free_port
 from reelforge.devstack.stack import Stack, StackConfig, start_stack
 
 TERMINAL = {"completed", "failed", "cancelled"}
+GPU_IN_FLIGHT = 'reelforge_jobs_in_flight{stage="gpu"}'
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -186,6 +187,13 @@ def wait_terminal(client: httpx.Client, video_id: str, timeout: float = 120) -> 
             return video
         time.sleep(0.1)
     raise AssertionError(f"video {video_id} not finished after {timeout} s: {video}")
+
+
+def scraped(stack: Stack, component: str, sample: str) -> float | None:
+    """One sample, written as Prometheus prints it (`name{label="value"}`), from a component's own /metrics."""
+    text = httpx.get(f"http://{stack.info['metrics'][component]}/metrics", timeout=5).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample]
+    return values[0] if values else None
 
 
 def wait_until(client: httpx.Client, video_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:

@@ -18,7 +18,14 @@ import yaml
 from reelforge.celery_app import ALL_QUEUES
 from reelforge.devstack.processes import ManagedProcess, free_port
 from reelforge.devstack.stack import Stack
-from tests.integration.conftest import OtlpReceiver, WebhookReceiver, wait_terminal, wait_until
+from tests.integration.conftest import (
+    GPU_IN_FLIGHT,
+    OtlpReceiver,
+    WebhookReceiver,
+    scraped,
+    wait_terminal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -126,14 +133,6 @@ def test_one_trace_per_job_from_request_to_webhook(
         assert mine and all(line["trace_id"] == CLIENT_TRACE_ID for line in mine), (role, mine[:3])
 
 
-def gpu_in_flight(stack: Stack) -> float:
-    """reelforge_jobs_in_flight of the GPU worker, read from its own endpoint (the sum over its processes)."""
-    text = httpx.get(f"http://{stack.info['metrics']['gpu']}/metrics", timeout=5).text
-    found = re.search(r'^reelforge_jobs_in_flight\{stage="gpu"\} (\S+)$', text, re.M)
-    assert found, text
-    return float(found[1])
-
-
 def test_a_cancelled_job_keeps_its_trace_and_a_new_job_gets_one(
     api: httpx.Client, receiver: WebhookReceiver, stack: Stack
 ) -> None:
@@ -142,10 +141,10 @@ def test_a_cancelled_job_keeps_its_trace_and_a_new_job_gets_one(
                    size="128x128", seconds="4")
     assert re.fullmatch(r"[0-9a-f]{32}", video["trace_id"]) and video["trace_id"] != "0" * 32
     wait_until(api, video["id"], lambda v: v["status"] == "in_progress")
-    assert gpu_in_flight(stack) == 1, "the running job is in flight in the GPU worker's child process"
+    assert scraped(stack, "gpu", GPU_IN_FLIGHT) == 1, "the running job is in flight in the GPU worker's child"
     assert api.post(f"/v1/videos/{video['id']}/cancel").json()["status"] == "cancelled"
     deadline = time.monotonic() + 30  # the worker stops at its next step
-    while gpu_in_flight(stack) != 0:
+    while scraped(stack, "gpu", GPU_IN_FLIGHT) != 0:
         assert time.monotonic() < deadline, "the cancelled job still counts as in flight"
         time.sleep(0.2)
     delivery = receiver.wait_for(video["id"])[0]

@@ -13,6 +13,8 @@ endpoint sums them (observability/multiproc.py).
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client import multiprocess as prom_multiprocess
@@ -112,14 +114,42 @@ def process_exited(pid: int) -> None:
         prom_multiprocess.mark_process_dead(pid)
 
 
-def registry() -> CollectorRegistry:
-    """What an endpoint serves: every process's values in multiprocess mode, else this process's."""
-    if not os.environ.get(MULTIPROC_ENV):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LiveProcessesCollector(prom_multiprocess.MultiProcessCollector):
+    """prometheus-client's multiprocess collector that first drops the live gauges of processes that are
+    gone: a child killed outright (OOM, a hard time limit) never runs its exit hook, and its "in flight"
+    would otherwise count forever."""
+
+    def __init__(self, registry: CollectorRegistry, path: str) -> None:
+        super().__init__(registry, path)
+        self.path = path
+
+    def collect(self) -> Any:
+        for file in Path(self.path).glob("gauge_live*_*.db"):
+            pid = int(file.stem.rsplit("_", 1)[1])
+            if not _alive(pid):
+                prom_multiprocess.mark_process_dead(pid, self.path)
+        return super().collect()
+
+
+def registry(multiprocess_dir: str | None = None) -> CollectorRegistry:
+    """What an endpoint serves: every live process's values in multiprocess mode, else this process's."""
+    path = multiprocess_dir or os.environ.get(MULTIPROC_ENV)
+    if not path:
         from prometheus_client import REGISTRY
 
         return REGISTRY
     collected = CollectorRegistry()
-    prom_multiprocess.MultiProcessCollector(collected)
+    LiveProcessesCollector(collected, path)
     return collected
 
 
