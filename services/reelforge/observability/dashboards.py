@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reelforge.observability.rules import API_ROUTES
 from reelforge.observability.slo import OBJECTIVES
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -81,8 +82,9 @@ def oncall() -> dict[str, Any]:
         _panel("Workers up", [('sum by (job) (up{job=~".*reelforge.*"})', "{{job}}"),
                               ("sum by (model) (reelforge_engine_loaded)", "engines warm {{model}}")], width=8),
         _panel("Jobs in flight", [("sum by (stage) (reelforge_jobs_in_flight)", "{{stage}}")], width=8),
-        _panel("API 5xx ratio", [('sum(rate(reelforge_http_requests_total{status_class="5xx"}[$__rate_interval])) / '
-                                  f"sum(rate(reelforge_http_requests_total[{RATE}]))", "5xx")], "percentunit", width=8),
+        _panel("API 5xx ratio", [(f'sum(rate(reelforge_http_requests_total{{{API_ROUTES},status_class="5xx"}}[{RATE}]))'
+                                  f" / sum(rate(reelforge_http_requests_total{{{API_ROUTES}}}[{RATE}]))", "5xx")],
+               "percentunit", width=8),
         _panel("Failed jobs by error code", [('sum by (error_code) (rate(reelforge_jobs_finished_total{status="failed"}'
                                               f"[{RATE}]))", "{{error_code}}")], "reqps", width=8),
         _panel("Webhook attempts by outcome", [(f"sum by (outcome) (rate(reelforge_webhook_attempts_total[{RATE}]))",

@@ -35,6 +35,8 @@ OLDEST_AGE_LIMIT_S = {
 BACKLOG_MIN_DEPTH = 50
 WEBHOOK_FAILURE_RATIO = 0.25
 OUTBOX_AGE_LIMIT_S = 60
+# API availability is about the API: probes and scrapes (a 503 from /readyz while Redis is away) do not count.
+API_ROUTES = 'route!~"/healthz|/readyz|/metrics"'
 
 
 def _per_tier_good(histogram: str, thresholds: dict[Priority, float], window: str) -> str:
@@ -50,8 +52,8 @@ def sli_error_ratio(slo: str, window: str) -> str:
         return (f'(sum(rate(reelforge_jobs_finished_total{{status="failed"}}[{window}])) or vector(0))\n'
                 f'/ sum(rate(reelforge_jobs_finished_total{{status=~"completed|failed"}}[{window}]))')
     if slo == "api_availability":
-        return (f'(sum(rate(reelforge_http_requests_total{{status_class="5xx"}}[{window}])) or vector(0))\n'
-                f'/ sum(rate(reelforge_http_requests_total[{window}]))')
+        return (f'(sum(rate(reelforge_http_requests_total{{{API_ROUTES},status_class="5xx"}}[{window}])) or vector(0))\n'
+                f'/ sum(rate(reelforge_http_requests_total{{{API_ROUTES}}}[{window}]))')
     histogram, thresholds = {
         "job_latency": ("reelforge_job_duration_seconds", E2E_LATENCY_S),
         "first_progress": ("reelforge_job_first_progress_seconds", FIRST_PROGRESS_S),

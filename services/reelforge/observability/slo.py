@@ -32,5 +32,5 @@ OBJECTIVES = (
     Objective("job_success", 0.99, "finished jobs that completed rather than failed (cancellations excluded)"),
     Objective("job_latency", 0.99, "completed jobs that finished within their tier's end-to-end threshold"),
     Objective("first_progress", 0.99, "jobs whose first denoising step was reported within their tier's threshold"),
-    Objective("api_availability", 0.999, "gateway requests answered without a 5xx"),
+    Objective("api_availability", 0.999, "gateway API requests answered without a 5xx (probes and scrapes excluded)"),
 )
