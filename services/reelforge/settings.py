@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # Backoff between webhook attempts; later issues replace it by the Standard Webhooks schedule.
     webhook_backoff_s: list[float] = [1.0, 5.0, 30.0, 300.0]
 
+    quality_sample_rate: float = Field(default=0.05, ge=0.0, le=1.0,
+                                       description="share of clips the GPU worker scores for quality acceptance")
     metrics_port: int = Field(default=9100, ge=0, le=65535,
                               description="a worker's Prometheus endpoint (all its processes); 0 disables it")
     exporter_port: int = Field(default=9101, ge=1, le=65535, description="`reelforge exporter`'s endpoint")

@@ -135,9 +135,11 @@ def otlp() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[Stack]:
-    # Spans leave every process within 0.2 s instead of the batch processor's default 5 s.
+    # Spans leave every process within 0.2 s instead of the batch processor's default 5 s; every clip is
+    # offered for quality scoring.
     yield from running_stack(tmp_path_factory, "stack", REELFORGE_OTEL_EXPORTER="otlp",
-                             REELFORGE_OTEL_ENDPOINT=otlp.url, OTEL_BSP_SCHEDULE_DELAY="200")
+                             REELFORGE_OTEL_ENDPOINT=otlp.url, OTEL_BSP_SCHEDULE_DELAY="200",
+                             REELFORGE_QUALITY_SAMPLE_RATE="1")
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def _video(api: httpx.Client, receiver: WebhookReceiver, headers: dict[str, str] | None = None,
            **params: Any) -> dict[str, Any]:
-    body = {"prompt": "a red circle moving left", "size": "64x64", "seconds": "2", "fps": 8, "num_steps": 2,
+    body = {"prompt": "a red circle moving left on a black background", "size": "64x64", "seconds": "2", "fps": 8, "num_steps": 2,
             "webhook_url": f"{receiver.url}/hooks", **params}
     created = api.post("/v1/videos", json=body, headers=headers or {})
     assert created.status_code == 200, created.text
@@ -206,6 +206,7 @@ def test_prometheus_scrapes_every_key_series_and_every_rule_and_dashboard_evalua
         'reelforge_webhook_deliveries_total{outcome="delivered"}', "reelforge_webhook_delivery_latency_seconds_count > 0",
         'reelforge_tasks_started_total{queue="postprocess"}', 'reelforge_dead_letters{kind="jobs"}',
         "reelforge_outbox_depth", 'reelforge_jobs_created_total{tier="batch"}',
+        'reelforge_quality_checks_total{model="reelforge-mini",result=~"accepted|rejected"}',
         'slo:sli_error:ratio_rate5m{slo="job_success"}', 'slo:sli_error:ratio_rate5m{slo="job_latency",tier="interactive"}',
     ):
         prometheus.wait_for(expr)

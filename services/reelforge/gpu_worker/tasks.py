@@ -20,6 +20,7 @@ from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, pro
 from reelforge.core.lifecycle import end_job
 from reelforge.core.storage import frames_to_bytes, staging_key
 from reelforge.engine.interface import GenerationRequest, StepEvent, VideoEngine
+from reelforge.gpu_worker.quality import QualitySampler
 from reelforge.observability import metrics
 from reelforge.observability.tracing import TRACEPARENT, consume_span, tracer
 from reelforge.runtime import Runtime, get_runtime
@@ -27,6 +28,7 @@ from reelforge.runtime import Runtime, get_runtime
 log = structlog.get_logger("reelforge.gpu_worker")
 
 _engine: VideoEngine | None = None
+_quality: QualitySampler | None = None
 
 
 class JobCancelled(Exception):
@@ -52,6 +54,13 @@ def load_engine_once(**_: Any) -> None:
 
 def connect_engine_preload() -> None:
     worker_process_init.connect(load_engine_once, weak=False)
+
+
+def get_quality_sampler(rt: Runtime) -> QualitySampler:
+    global _quality
+    if _quality is None:
+        _quality = QualitySampler(rt.settings.quality_sample_rate)
+    return _quality
 
 
 def get_engine() -> VideoEngine:
@@ -208,6 +217,7 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
             return True
         return False
 
+    get_quality_sampler(rt).offer(job.model, frames, job.prompt)
     message = _postprocess_message(job)
     clock.enter("staging")
     rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")

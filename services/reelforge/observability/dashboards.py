@@ -51,6 +51,13 @@ def _dashboard(uid: str, title: str, description: str, panels: list[dict[str, An
     }
 
 
+def _acceptance(window: str, by: str = "") -> str:
+    """Accepted share of the scored sample clips (unscored prompts left out)."""
+    quality, total = "reelforge_quality_checks_total", f"sum{by}"
+    return (f'{total} (increase({quality}{{result="accepted"}}[{window}])) / '
+            f'{total} (increase({quality}{{result=~"accepted|rejected"}}[{window}]))')
+
+
 def executive() -> dict[str, Any]:
     finished = "reelforge_jobs_finished_total"
     return _dashboard("reelforge-executive", "reelforge / executive", "Output, success and cost of the platform", [
@@ -62,6 +69,8 @@ def executive() -> dict[str, Any]:
         _panel("GPU-seconds per video-second (24h)", [
             ("sum(increase(reelforge_gpu_attempt_seconds_sum[24h])) / sum(increase(reelforge_video_seconds_total[24h]))",
              "GPU s / video s")], "short", "stat", 6),
+        _panel("Quality acceptance (24h, sampled)", [(_acceptance("24h"), "accepted")], "percentunit", "stat", 6,
+               "Share of scored sample clips whose frames show what their prompt names (gpu_worker/quality.py)"),
         _panel("Videos per hour", [(f'sum by (tier) (increase({finished}{{status="completed"}}[1h]))', "{{tier}}")]),
         _panel("Video-seconds per hour", [("sum by (tier) (increase(reelforge_video_seconds_total[1h]))", "{{tier}}")], "s"),
         _panel("Job success rate", [(f'sum(rate({finished}{{status="completed"}}[1h])) / '
@@ -69,6 +78,8 @@ def executive() -> dict[str, Any]:
         _panel("GPU-seconds per video-second", [
             ("sum by (model) (rate(reelforge_gpu_attempt_seconds_sum[1h])) / "
              "sum by (model) (rate(reelforge_video_seconds_total[1h]))", "{{model}}")]),
+        _panel("Quality acceptance by model (6h, sampled)", [
+            (_acceptance("6h", " by (model)"), "{{model}}")], "percentunit"),
     ])
 
 

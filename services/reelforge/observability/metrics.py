@@ -64,6 +64,9 @@ IN_FLIGHT = Gauge("reelforge_jobs_in_flight", "Tasks a worker is running now", [
                   multiprocess_mode="livesum")
 TASKS_STARTED = Counter("reelforge_tasks_started_total", "Tasks taken from a queue and started", ["queue"])
 TASK_RETRIES = Counter("reelforge_task_retries_total", "Task attempts that ended in a retry", ["queue"])
+QUALITY_CHECKS = Counter("reelforge_quality_checks_total", "Sampled clips scored against their prompt by the "
+                         "RGB evaluator: accepted, rejected, or unscored (prompt outside its vocabulary)",
+                         ["model", "result"])
 ENGINE_LOADED = Gauge("reelforge_engine_loaded", "1 while a GPU worker process has its engine loaded and warm",
                       ["model"], multiprocess_mode="livesum")
 
