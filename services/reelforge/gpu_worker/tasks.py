@@ -220,8 +220,10 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     get_quality_sampler(rt).offer(job.model, frames, job.prompt)
     message = _postprocess_message(job)
     clock.enter("staging")
-    rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
-    clock.stop()
+    try:
+        rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
+    finally:
+        clock.stop()
     _observe_attempt(job, clock, "completed")
     handed_off = rt.store.update_running(
         job_id,

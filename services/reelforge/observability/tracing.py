@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, trace
 from opentelemetry.propagate import extract, inject
@@ -24,7 +24,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind
 
 from reelforge import __version__
-from reelforge.settings import Settings
+
+if TYPE_CHECKING:  # the core publishes spans through this module and stays free of settings
+    from reelforge.settings import Settings
 
 TRACEPARENT = "traceparent"
 tracer = trace.get_tracer("reelforge", __version__)
