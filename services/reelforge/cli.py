@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool) -
     click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
     click.echo(f"webhook secret: {info['webhook_secret']}")
     click.echo(f"data dir:       {config.data_dir}")
+    click.echo("metrics:        " + ", ".join(f"{name} {target}" for name, target in info["metrics"].items()))
     if detach:  # the processes keep running; `reelforge down` finds them through stack.json
         click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
         return
@@ -96,7 +98,11 @@ def down(data_dir: Path) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True)
 def gateway(host: str, port: int, workers: int) -> None:
-    """Run the HTTP gateway (uvicorn)."""
+    """Run the HTTP gateway (uvicorn); /metrics on the same port."""
+    if workers > 1:  # every uvicorn process serves /metrics, so each must see all their values
+        from reelforge.observability.multiproc import use_multiprocess_dir
+
+        use_multiprocess_dir("gateway")
     import uvicorn
 
     from reelforge.logging import configure_logging
@@ -112,7 +118,10 @@ def gateway(host: str, port: int, workers: int) -> None:
               help="Processes; keep 1 per GPU for the gpu role.")
 @click.option("--queues", default=None, help="Override the queues this worker consumes (comma-separated).")
 def worker(role: str, concurrency: int, queues: str | None) -> None:
-    """Run a Celery worker for one stage."""
+    """Run a Celery worker for one stage; its processes' metrics on REELFORGE_METRICS_PORT."""
+    from reelforge.observability.multiproc import use_multiprocess_dir
+
+    use_multiprocess_dir(f"worker-{role}")  # before anything imports prometheus_client
     from reelforge.celery_app import (
         QUEUE_GPU_BATCH,
         QUEUE_GPU_INTERACTIVE,
@@ -121,11 +130,20 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
         celery_app,
     )
     from reelforge.logging import configure_logging
+    from reelforge.observability import metrics
+    from reelforge.observability.tracing import configure_tracing
+    from reelforge.observability.worker import connect_task_metrics
     from reelforge.settings import get_settings
     from reelforge.worker_health import consumer_heartbeat_step
 
     configure_logging()
     settings = get_settings()
+    configure_tracing(f"worker-{role}", settings)
+    connect_task_metrics((role,))
+    try:
+        metrics.serve(settings.metrics_port)
+    except metrics.MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
     default_queues = {
         "gpu": f"{QUEUE_GPU_INTERACTIVE},{QUEUE_GPU_BATCH}",
         "postprocess": QUEUE_POSTPROCESS,
@@ -157,18 +175,50 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
 @main.command()
 def relay() -> None:
     """Run the outbox relay: persisted jobs -> Celery GPU queues."""
-    import threading
-
     from reelforge.logging import configure_logging
+    from reelforge.observability.tracing import configure_tracing
     from reelforge.relay.outbox import run
     from reelforge.runtime import get_runtime
 
     configure_logging()
+    stop = _stop_on_signals()
+    rt = get_runtime()
+    configure_tracing("relay", rt.settings)
+    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat())
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Defaults to REELFORGE_EXPORTER_PORT (9101).")
+def exporter(port: int | None) -> None:
+    """Serve queue metrics read from Redis: depth and oldest age per queue, outbox, dead letters."""
+    from prometheus_client import CollectorRegistry
+
+    from reelforge.logging import configure_logging, get_logger
+    from reelforge.observability.metrics import MetricsPortTaken, serve_registry
+    from reelforge.observability.queues import QueueCollector
+    from reelforge.runtime import redis_client
+    from reelforge.settings import get_settings
+
+    configure_logging()
+    stop = _stop_on_signals()
+    settings = get_settings()
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(redis_client(settings.celery_broker_url), redis_client(settings.redis_url)))
+    try:
+        serve_registry(registry, port or settings.exporter_port, "REELFORGE_EXPORTER_PORT")
+    except MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    get_logger("reelforge.exporter").info("exporter_started", port=port or settings.exporter_port)
+    if settings.ready_file:
+        Path(settings.ready_file).write_text("exporter\n")
+    stop.wait()
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    rt = get_runtime()
-    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat())
+    return stop
 
 
 def _heartbeat() -> Heartbeat | None:

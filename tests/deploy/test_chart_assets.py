@@ -50,8 +50,12 @@ def test_sync_script_copies_new_files_and_removes_stale_ones(tmp_path: Path) -> 
 
 @pytest.fixture()
 def chart_with_assets(tmp_path: Path) -> Path:
+    """A copy of the chart whose only assets are the test's own rule file and dashboard."""
     chart = tmp_path / "reelforge"
     shutil.copytree(CHART, chart)
+    for _, copy, pattern in ASSETS:
+        for path in (chart / copy).glob(pattern):
+            path.unlink()
     (chart / "files/prometheus/rules/reelforge.yml").write_text(yaml.safe_dump(RULES))
     (chart / "files/grafana/dashboards/overview.json").write_text(json.dumps(DASHBOARD, indent=2))
     return chart
@@ -61,6 +65,19 @@ def test_prometheus_rule_carries_every_group_of_the_rule_files(chart_with_assets
     (rule,) = of_kind(render({}, chart_with_assets), "PrometheusRule")
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["spec"]["groups"] == RULES["groups"]
+
+
+def test_the_chart_carries_every_rule_group_and_dashboard_of_deploy() -> None:
+    manifests = render({})
+    (rule,) = of_kind(manifests, "PrometheusRule")
+    files = sorted((ROOT / "deploy/prometheus/rules").glob("*.yml"))
+    assert files, "deploy/prometheus/rules holds no rule files"
+    expected = [group for path in files for group in yaml.safe_load(path.read_text())["groups"]]
+    assert rule["spec"]["groups"] == expected
+    data = {name: json.loads(text) for m in of_kind(manifests, "ConfigMap") if "dashboard" in m["metadata"]["name"]
+            for name, text in m["data"].items()}
+    dashboards = sorted((ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    assert dashboards and data == {path.name: json.loads(path.read_text()) for path in dashboards}
 
 
 def test_dashboards_become_configmaps_for_the_grafana_sidecar(chart_with_assets: Path) -> None:

@@ -1,5 +1,6 @@
 """The local stack behind `reelforge up` and the integration tests: real Redis (AOF), real SeaweedFS,
-the gateway and the three Celery workers, each a child process logging under DATA_DIR/logs.
+the gateway, the outbox relay, the three Celery workers and the queue exporter, each a child process
+logging under DATA_DIR/logs. Every Prometheus endpoint is listed in stack.json under "metrics".
 
 Everything lives under one data dir and all ports are configurable, so stacks run side by side.
 """
@@ -29,7 +30,8 @@ from reelforge.devstack.processes import ManagedProcess, free_port, start_redis,
 DEV_TENANT = "dev"
 DEV_S3_ACCESS_KEY = "reelforge-dev"
 DEV_S3_SECRET_KEY = "reelforge-dev-secret"
-WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks")
+WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks", "exporter")
+CELERY_ROLES = ("gpu", "postprocess", "webhooks")
 READY_TIMEOUT_S = 120.0
 
 
@@ -177,9 +179,14 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         exe = [sys.executable, "-m", "reelforge.cli"]
         starters["gateway"] = lambda: ManagedProcess.spawn(
             "gateway", [*exe, "gateway", "--port", str(config.gateway_port)], data_dir / "logs", env)
+        metrics_targets = {"gateway": f"127.0.0.1:{config.gateway_port}"}
         for role in config.workers:
             role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
-            argv = [*exe, "relay"] if role == "relay" else [*exe, "worker", role]
+            if role in CELERY_ROLES or role == "exporter":
+                port = free_port()
+                role_env["REELFORGE_EXPORTER_PORT" if role == "exporter" else "REELFORGE_METRICS_PORT"] = str(port)
+                metrics_targets[role] = f"127.0.0.1:{port}"
+            argv = [*exe, "worker", role] if role in CELERY_ROLES else [*exe, role]
             starters[role] = functools.partial(ManagedProcess.spawn, role, argv, data_dir / "logs", role_env)
         for name in ("gateway", *config.workers):
             echo(f"starting {name}")
@@ -202,6 +209,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         "s3_access_key_id": DEV_S3_ACCESS_KEY,
         "s3_secret_access_key": DEV_S3_SECRET_KEY,
         "logs": str(data_dir / "logs"),
+        "metrics": metrics_targets,
         "pids": {name: proc.pid for name, proc in components.items()},
     }
     _write_info(data_dir, info)

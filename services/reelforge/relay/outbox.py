@@ -54,8 +54,8 @@ def take_batch(redis: Redis, limit: int = BATCH, timeout_s: int = POLL_TIMEOUT_S
 
 def relay_batch(redis: Redis, publisher: Publisher, batch: list[bytes]) -> None:
     for entry in batch:
-        priority, job_id = parse_outbox_entry(entry.decode())
-        publisher.generate(job_id, Priority(priority))
+        priority, job_id, traceparent = parse_outbox_entry(entry.decode())
+        publisher.generate(job_id, Priority(priority), traceparent)
     pipe = redis.pipeline(transaction=False)
     for entry in batch:
         pipe.lrem(OUTBOX_INFLIGHT_KEY, 1, entry)  # type: ignore[arg-type]  # redis-py types values as str
