@@ -18,6 +18,9 @@ from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.training.cli import model
 
+# The module fixture trains all four stages inside the first test: minutes on a loaded 2-core machine.
+pytestmark = pytest.mark.timeout(900)
+
 STAGES = ("train-vae", "train", "distill", "eval")
 FILES = ("vae.safetensors", "teacher.safetensors", *(student_file(n) for n in (4, 2, 1)))
 REQUEST = GenerationRequest(

@@ -1,7 +1,8 @@
 """Latent video DiT: predicts the flow-matching velocity of a noisy video latent given a prompt.
 
-DiT (Peebles & Xie) blocks with AdaLN-Zero timestep conditioning, a cross-attention over the prompt's
-token states (PixArt-alpha, Wan2.1), 3D rotary position embedding over (t, h, w) so any of the served
+DiT (Peebles & Xie) blocks with AdaLN-Zero conditioning on the timestep plus the pooled prompt (as SD3,
+Esser et al. 2024, adds its pooled text embedding to the timestep vector), a cross-attention over the
+prompt's token states (PixArt-alpha, Wan2.1), 3D rotary position embedding over (t, h, w) so any of the served
 sizes and frame counts runs without a position table, and a learned null prompt for classifier-free
 guidance. The model knows nothing of noise schedules: `sampler.py` owns those.
 """
@@ -28,6 +29,7 @@ class DiTConfig:
     text_dim: int = 384  # all-MiniLM-L6-v2 hidden size
     text_len: int = 32  # TextEncoderConfig.max_length; the null prompt has this many tokens
     freq_dim: int = 256  # sinusoidal timestep features, as DiT
+    pooled_text: bool = True  # add the mean of the prompt's token states to the AdaLN vector (SD3)
     rope_theta: float = 10000.0
     eps: float = 1e-6
 
@@ -192,6 +194,13 @@ class VideoDiT(nn.Module):
         cfg = self.config = config
         self.x_embedder = nn.Conv3d(cfg.latent_channels, cfg.hidden, kernel_size=cfg.patch, stride=cfg.patch)
         self.t_embedder = TimestepEmbedder(cfg)
+        # The whole-prompt summary reaches every token through AdaLN, which class-conditional DiTs learn
+        # fast; the cross-attention still reads individual words.
+        self.pooled_embedder = (
+            nn.Sequential(nn.Linear(cfg.text_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, cfg.hidden))
+            if cfg.pooled_text
+            else None
+        )
         self.text_embedder = nn.Sequential(  # caption projection, as PixArt-alpha
             nn.Linear(cfg.text_dim, cfg.hidden),
             nn.GELU(approximate="tanh"),
@@ -255,6 +264,10 @@ class VideoDiT(nn.Module):
             grid, self.config.hidden // self.config.heads, self.config.rope_theta, x.device
         )  # (N, d/2)
         c = self.t_embedder(t)  # (B, D)
+        if self.pooled_embedder is not None:
+            weights = text_mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+            pooled = (text.to(x.dtype) * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, 384)
+            c = c + self.pooled_embedder(pooled)  # (B, D)
         text = self.text_embedder(text.to(x.dtype))  # (B, L, D)
         for block in self.blocks:
             x = block(x, c, text, text_mask, rope)  # (B, N, D)

@@ -178,7 +178,8 @@ class VideoVAE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: (reconstruction, mean, logvar) with a reparameterized posterior sample."""
         mean, logvar = self.encode(video)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        # Drawn where the generator lives (the CPU in training), so a seed gives the same noise on any device.
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
         return self.decode(mean + noise * (0.5 * logvar).exp()), mean, logvar
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:

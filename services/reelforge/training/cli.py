@@ -48,6 +48,13 @@ _seed = click.option(
     show_default=True,
     help="Seeds the generated clips and prompts, the initialisation and the sampling noise.",
 )
+_device = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where to train / sample. Seeds give the same random draws on either (they come from the CPU).",
+)
 _steps = click.option(
     "--steps",
     type=click.IntRange(min=1),
@@ -57,7 +64,7 @@ _steps = click.option(
 
 
 def _stage_options(command: F) -> F:
-    return _config(_steps(_out(_seed(command))))
+    return _config(_steps(_out(_seed(_device(command)))))
 
 
 def _with_steps(cfg: Any, steps: int | None) -> Any:
@@ -85,13 +92,13 @@ def model() -> None:
 
 @model.command("train-vae")
 @_stage_options
-def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
     """Train the causal 3D VAE and measure its latent statistics."""
     from reelforge.engine.checkpoints import VAE_FILE, record, save_model
     from reelforge.training.train_vae import VAE_PRESETS, train_vae
 
     start = time.perf_counter()
-    vae, entry = train_vae(_with_steps(VAE_PRESETS[config_name], steps), seed, _echo)
+    vae, entry = train_vae(_with_steps(VAE_PRESETS[config_name], steps), seed, _echo, device)
     out.mkdir(parents=True, exist_ok=True)
     save_model(vae, out / VAE_FILE)
     record(out, "vae", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
@@ -100,13 +107,13 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int)
 
 @model.command("train")
 @_stage_options
-def train_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+def train_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
     from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
     from reelforge.training.train_dit import DIT_PRESETS, train_dit
 
     start = time.perf_counter()
-    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).eval()
+    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
     teacher, entry = train_dit(_with_steps(DIT_PRESETS[config_name], steps), vae, seed, _echo)
     save_model(teacher, out / TEACHER_FILE)
     record(out, "teacher", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
@@ -115,7 +122,7 @@ def train_command(config_name: str, steps: int | None, out: Path, seed: int) -> 
 
 @model.command("distill")
 @_stage_options
-def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -> None:
+def distill_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
     from reelforge.engine.checkpoints import (
         TEACHER_FILE,
@@ -130,8 +137,8 @@ def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -
     from reelforge.training.distill import DISTILL_PRESETS, distill
 
     start = time.perf_counter()
-    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).eval()
-    teacher = load_dit(verified(_need(out / TEACHER_FILE, "train")))
+    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
+    teacher = load_dit(verified(_need(out / TEACHER_FILE, "train"))).to(device)
     students, entry = distill(_with_steps(DISTILL_PRESETS[config_name], steps), teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))
@@ -146,7 +153,8 @@ def distill_command(config_name: str, steps: int | None, out: Path, seed: int) -
 )
 @_out
 @_seed
-def eval_command(config_name: str, prompts: int | None, out: Path, seed: int) -> None:
+@_device
+def eval_command(config_name: str, prompts: int | None, out: Path, seed: int, device: str) -> None:
     """Score teacher@50, teacher@4 and student@4/2/1 on held-out prompts; print a markdown table."""
     from reelforge.engine.checkpoints import VAE_FILE, record
     from reelforge.training.evaluate import EVAL_PRESETS, evaluate
@@ -156,7 +164,7 @@ def eval_command(config_name: str, prompts: int | None, out: Path, seed: int) ->
     if prompts is not None:
         cfg = dataclasses.replace(cfg, prompts=prompts, reference_clips=prompts)
     start = time.perf_counter()
-    entry = evaluate(out, cfg, seed, _echo)
+    entry = evaluate(out, cfg, seed, _echo, device)
     if not entry["rows"]:
         raise click.ClickException(
             f"nothing to evaluate in {out}: run `reelforge model train --out {out}` first"

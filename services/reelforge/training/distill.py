@@ -83,10 +83,11 @@ def round_loss(
     generator: torch.Generator,
 ) -> torch.Tensor:
     x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
-    times = flow_timesteps(2 * student_steps, FLOW_SHIFT)  # teacher grid; the student's is every other
-    i = 2 * torch.randint(student_steps, (batch,), generator=generator)  # (B,) student step starts
+    times = flow_timesteps(2 * student_steps, FLOW_SHIFT).to(x0.device)  # teacher grid; the student's
+    # is every other one
+    i = 2 * torch.randint(student_steps, (batch,), generator=generator).to(x0.device)  # (B,) step starts
     t, t_mid, t_next = (times[i + k].view(-1, 1, 1, 1, 1) for k in range(3))  # (B, 1, 1, 1, 1) each
-    noise = torch.randn(x0.shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
     x_t = (1 - t) * x0 + t * noise  # (B, Z, T', H', W')
     with torch.no_grad():
         velocity = _velocity(teacher, text, mask)

@@ -81,7 +81,7 @@ def generate_clips(
     return [engine.generate(request, _ignore) for request in requests]
 
 
-def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log) -> dict[str, Any]:
+def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log, device: str = "cpu") -> dict[str, Any]:
     """Scores every run whose DiT file exists; returns the manifest's eval entry (rows and table)."""
     distilled = read_manifest(run_dir)["stages"].get("distill", {})
     teacher_guidance = float(distilled.get("guidance_scale", cfg.guidance_scale))
@@ -93,7 +93,7 @@ def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log) -> dict[str, A
         if not path.is_file():
             log(f"[eval] {model}@{steps}: no {path.name}, skipped")
             continue
-        engine = MiniEngine(checkpoint=path)
+        engine = MiniEngine(device=device, checkpoint=path)
         guidance = teacher_guidance if model == "teacher" else 1.0
         start = time.perf_counter()
         clips = generate_clips(engine, prompts, steps, guidance, seed)

@@ -36,11 +36,14 @@ class LatentDataset:
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_0 (B, Z, T', H', W'), text (B, L, 384), mask (B, L)) for dataset rows `index` (B,)."""
         captions = self.caption_index[index]
-        return self.latents[index], self.text[captions], self.mask[captions]
+        device = self.latents.device
+        return self.latents[index.to(device)], self.text[captions.to(device)], self.mask[captions.to(device)]
 
 
 @torch.no_grad()
 def build_dataset(vae: VideoVAE, clips: int, seed: int, batch: int = 16) -> LatentDataset:
+    """On the VAE's device: latents, text states and masks (the caption index stays on the CPU)."""
+    device = vae.latent_mean.device
     specs = sample_specs(clips, seed=seed, split="train")
     phrasing = np.random.default_rng([seed, 2]).integers(NUM_PHRASINGS, size=clips)
     captions = [spec.caption(int(p)) for spec, p in zip(specs, phrasing)]
@@ -49,13 +52,14 @@ def build_dataset(vae: VideoVAE, clips: int, seed: int, batch: int = 16) -> Late
     encoder = TextEncoder()
     states = [encoder(unique[i : i + 64]) for i in range(0, len(unique), 64)]  # 64 prompts per MiniLM pass
     latents = [
-        vae.normalize(vae.encode(video_batch(specs[i : i + batch]))[0]) for i in range(0, clips, batch)
+        vae.normalize(vae.encode(video_batch(specs[i : i + batch]).to(device))[0])
+        for i in range(0, clips, batch)
     ]
     return LatentDataset(
         latents=torch.cat(latents),
         caption_index=torch.tensor([row[c] for c in captions]),
-        text=torch.cat([s[0] for s in states]),
-        mask=torch.cat([s[1] for s in states]),
+        text=torch.cat([s[0] for s in states]).to(device),
+        mask=torch.cat([s[1] for s in states]).to(device),
     )
 
 
@@ -103,20 +107,24 @@ def flow_matching_loss(
     cfg: DiTTrainConfig,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    b = x0.shape[0]
-    drop = torch.rand(b, generator=generator) < cfg.caption_dropout  # (B,)
+    # Random numbers come from the CPU generator and move to x0's device: a seed means one run anywhere.
+    b, device = x0.shape[0], x0.device
+    drop = (torch.rand(b, generator=generator) < cfg.caption_dropout).to(device)  # (B,)
     null_text, null_mask = dit.null_prompt(b)  # (B, L, 384), (B, L)
     text = torch.where(drop[:, None, None], null_text, text)  # (B, L, 384)
     mask = torch.where(drop[:, None], null_mask, mask)  # (B, L)
-    t = sample_t(b, cfg.t_sampling, generator)  # (B,)
-    noise = torch.randn(x0.shape, generator=generator)  # (B, Z, T', H', W')
+    t = sample_t(b, cfg.t_sampling, generator).to(device)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator).to(device)  # (B, Z, T', H', W')
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1 - tt) * x0 + tt * noise  # (B, Z, T', H', W')
     return F.mse_loss(dit(x_t, t, text, mask), noise - x0)
 
 
-def train_dit(cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log) -> tuple[VideoDiT, dict[str, Any]]:
-    """The EMA teacher and its manifest entry. The VAE must carry its latent statistics."""
+def train_dit(
+    cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log
+) -> tuple[VideoDiT, dict[str, Any]]:
+    """The EMA teacher and its manifest entry, on the VAE's device. The VAE must carry its latent
+    statistics."""
     if cfg.dit.latent_channels != vae.config.latent_channels:
         raise ValueError(
             f"DiT latent_channels {cfg.dit.latent_channels} != VAE's {vae.config.latent_channels}"
@@ -124,7 +132,7 @@ def train_dit(cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log) -> tuple[
     data = build_dataset(vae, cfg.clips, seed)
     log(f"[teacher] {len(data.latents)} clips, {len(data.text)} unique captions encoded")
     torch.manual_seed(seed)
-    dit = VideoDiT(cfg.dit)
+    dit = VideoDiT(cfg.dit).to(vae.latent_mean.device)
     generator = torch.Generator().manual_seed(seed)
 
     def loss_at(step: int) -> torch.Tensor:

@@ -126,8 +126,8 @@ def fit(
         if len(window) == cfg.log_every or step == cfg.steps - 1:
             result.losses.append((step + 1, round(float(np.mean(window)), 6)))
             window = []
-            rate = (time.perf_counter() - start) / (step + 1)
-            log(f"[{tag}] step {step + 1}/{cfg.steps}  loss {result.losses[-1][1]:.4f}  {rate:.3f} s/step")
+            per_step = (time.perf_counter() - start) / (step + 1)
+            log(f"[{tag}] step {step + 1}/{cfg.steps}  loss {result.losses[-1][1]:.4f}  {per_step:.3f} s/step")
     model.eval()
     result.seconds_per_step = (time.perf_counter() - start) / max(1, cfg.steps)
     if ema is not None:
@@ -191,9 +191,9 @@ def reconstruction_metrics(vae: VideoVAE, specs: Sequence[ClipSpec], batch: int)
     the posterior mean, after the same rounding to uint8 the engine applies."""
     psnrs, mses = [], []
     for start in range(0, len(specs), batch):
-        video = video_batch(specs[start : start + batch])  # (B, 3, T, H, W)
+        video = video_batch(specs[start : start + batch]).to(vae.latent_mean.device)  # (B, 3, T, H, W)
         recon = vae.decode(vae.encode(video)[0])  # (B, 3, T, H, W)
-        mse = (to_uint8(recon) - to_uint8(video)).pow(2).mean(dim=(1, 2, 3, 4))  # (B,) in levels^2
+        mse = (to_uint8(recon) - to_uint8(video)).pow(2).mean(dim=(1, 2, 3, 4)).cpu()  # (B,) in levels^2
         psnrs += (10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))).tolist()
         mses += (mse / 255.0**2).tolist()
     return {"psnr_db": float(np.mean(psnrs)), "mse": float(np.mean(mses)), "clips": float(len(specs))}
@@ -203,22 +203,28 @@ def reconstruction_metrics(vae: VideoVAE, specs: Sequence[ClipSpec], batch: int)
 def set_latent_statistics(vae: VideoVAE, specs: Sequence[ClipSpec], batch: int) -> None:
     """Per-channel mean / std of posterior means over the clips, into the VAE's normalisation buffers."""
     latents = torch.cat(
-        [vae.encode(video_batch(specs[i : i + batch]))[0] for i in range(0, len(specs), batch)]
+        [
+            vae.encode(video_batch(specs[i : i + batch]).to(vae.latent_mean.device))[0]
+            for i in range(0, len(specs), batch)
+        ]
     )
     per_channel = latents.transpose(0, 1).flatten(1)  # (Z, B * T' * H' * W')
     vae.get_buffer("latent_mean").copy_(per_channel.mean(dim=1))
     vae.get_buffer("latent_std").copy_(per_channel.std(dim=1).clamp_min(1e-4))
 
 
-def train_vae(cfg: VAETrainConfig, seed: int, log: Log) -> tuple[VideoVAE, dict[str, Any]]:
+def train_vae(
+    cfg: VAETrainConfig, seed: int, log: Log, device: str = "cpu"
+) -> tuple[VideoVAE, dict[str, Any]]:
     """The trained VAE (latent statistics set) and its manifest entry."""
     torch.manual_seed(seed)
-    vae = VideoVAE(cfg.vae)
+    vae = VideoVAE(cfg.vae).to(device)
     specs = sample_specs(cfg.optim.steps * cfg.batch, seed=seed, split="train")
     generator = torch.Generator().manual_seed(seed)
 
     def loss_at(step: int) -> torch.Tensor:
         video = video_batch(specs[step * cfg.batch : (step + 1) * cfg.batch], frames=cfg.train_frames)
+        video = video.to(device)  # (B, 3, T, H, W)
         return vae_loss(vae, video, cfg.kl_weight, generator)
 
     result = fit(vae, loss_at, cfg.optim, log, "vae")
