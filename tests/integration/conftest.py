@@ -64,10 +64,12 @@ class WebhookReceiver:
         raise AssertionError(f"expected {count} webhook deliveries for {job_id}, got {self.for_job(job_id)}")
 
 
-def running_stack(factory: pytest.TempPathFactory, name: str) -> Iterator[Stack]:
-    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests."""
-    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3"}
-    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env))
+def running_stack(factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None,
+                  **config: Any) -> Iterator[Stack]:
+    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests.
+    env and config: extra settings and StackConfig fields (the Triton backend, say)."""
+    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3", **(env or {})}
+    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env, **config))
     yield running
     running.stop()
 
