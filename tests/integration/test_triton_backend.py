@@ -3,7 +3,7 @@ engine_backend=triton: exact frames alone and batched, real batching, cancel, ba
 whole job through the platform.
 
 Both backends load one weights folder whose DiTs are perturbed away from their zero-initialised output
-layers: the default random init predicts zero velocity, under which a mixed-up batch would go unseen.
+layers (tests/engine/perturbed.py): under the default init a mixed-up batch would go unseen.
 """
 
 from __future__ import annotations
@@ -20,41 +20,20 @@ import av
 import httpx
 import numpy as np
 import pytest
-import torch
 import tritonclient.grpc as grpcclient
 
 from reelforge.devstack.stack import Stack
-from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, record, save_model, student_file
-from reelforge.engine.dit import DiT_Mini
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.engine.triton.client import TritonEngine, TritonEngineError
-from reelforge.engine.vae import VAE_Mini
 from reelforge.postprocess.media import encode_mp4
+from tests.engine.perturbed import DISTILLED_GUIDANCE, STUDENT_STEPS, perturbed_weights
 from tests.integration.conftest import new_tenant_key, running_stack, wait_terminal
 
 pytestmark = pytest.mark.integration
 
-DISTILLED_GUIDANCE = 3.0
-STUDENT_STEPS = 2
 REQUEST = GenerationRequest(prompt="a red fox running through snow", negative_prompt="", width=64, height=64,
                             num_frames=16, fps=8, num_steps=3, guidance_scale=2.0, seed=1234)
-
-
-def perturbed_weights(directory: Path) -> Path:
-    """A weights folder (teacher, 2-step student, VAE) whose DiTs predict a non-zero velocity that
-    depends on the prompt, the latent and the time."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(1)
-        for file in (TEACHER_FILE, student_file(STUDENT_STEPS)):
-            dit = DiT_Mini()
-            for parameter in dit.parameters():
-                parameter.add_(torch.randn_like(parameter) * 0.05)
-            save_model(dit, directory / file)
-        save_model(VAE_Mini(), directory / VAE_FILE)
-    record(directory, "distill", {"guidance_scale": DISTILLED_GUIDANCE})
-    return directory
 
 
 @pytest.fixture(scope="module")
