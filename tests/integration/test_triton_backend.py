@@ -20,12 +20,11 @@ import av
 import httpx
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 
 from reelforge.devstack.stack import Stack
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
-from reelforge.engine.triton.client import TritonEngine, TritonEngineError
+from reelforge.engine.triton.client import TritonEngine, TritonEngineError, model_statistics
 from reelforge.postprocess.media import encode_mp4
 from tests.engine.perturbed import DISTILLED_GUIDANCE, STUDENT_STEPS, perturbed_weights
 from tests.integration.conftest import new_tenant_key, running_stack, wait_terminal
@@ -63,11 +62,7 @@ def ignore(event: StepEvent) -> None:
 
 def dit_batches(stack: Stack) -> dict[int, int]:
     """Executions of the dit model so far, by batch size (Triton's own statistics)."""
-    client = grpcclient.InferenceServerClient(stack.info["triton_grpc_url"])
-    try:
-        stats = client.get_inference_statistics("dit", as_json=True)["model_stats"][0]
-    finally:
-        client.close()
+    stats = model_statistics(stack.info["triton_grpc_url"], "dit")
     return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
 
 

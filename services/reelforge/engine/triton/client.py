@@ -95,3 +95,16 @@ class TritonEngine:
                 self.version = result.as_numpy("VERSION")[0].decode().removeprefix(f"{self.name} ")
                 return result.as_numpy("FRAMES")
             on_step(StepEvent(name, int(result.as_numpy("STEP")[0]), steps))  # type: ignore[arg-type]
+
+
+def model_statistics(url: str, model: str) -> dict[str, Any]:
+    """Triton's statistics of one model (its only version) as JSON: inference_count (rows),
+    execution_count, inference_stats (queue, compute times), batch_stats (executions per batch size)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats: dict[str, Any] = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return stats
+    finally:
+        client.close()
