@@ -20,6 +20,8 @@ import av
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
 
 from reelforge.devstack.stack import Stack
 from reelforge.engine.interface import GenerationRequest, StepEvent
@@ -200,3 +202,24 @@ def test_whole_job_through_the_platform_with_the_triton_backend(
     assert np.abs(frames - want).mean() < 0.1 * np.abs(frames - other).mean()
     after = metrics(triton_stack)['nv_inference_request_success{model="reelforge_pipeline",version="1"}']
     assert after > served, "the job must have run on Triton"
+
+
+def test_dit_model_refuses_an_unknown_dit_key_with_a_message(triton_stack: Stack) -> None:
+    client = grpcclient.InferenceServerClient(triton_stack.info["triton_grpc_url"])
+    arrays = {"LATENT": np.zeros((1, 16, 4, 16, 16), np.float32), "TIME": np.ones((1, 1), np.float32),
+              "TEXT": np.zeros((1, 32, 384), np.float32), "MASK": np.ones((1, 32), np.bool_),
+              "DIT": np.full((1, 1), 7, np.int32)}
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    try:
+        with pytest.raises(grpcclient.InferenceServerException, match="no DiT with key 7"):
+            client.infer("dit", inputs)
+        arrays["DIT"][:] = 0
+        for tensor, array in zip(inputs, arrays.values()):
+            tensor.set_data_from_numpy(array)
+        assert client.infer("dit", inputs).as_numpy("VELOCITY").shape == (1, 16, 4, 16, 16)
+    finally:
+        client.close()

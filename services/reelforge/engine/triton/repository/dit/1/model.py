@@ -22,22 +22,27 @@ class TritonPythonModel:
     def execute(self, requests):
         rows = [{name: to_torch(pb_utils.get_input_tensor_by_name(r, name)) for name in INPUTS} for r in requests]
         groups = defaultdict(list)  # (dit key, latent shape) -> indices of requests
+        velocities = [None] * len(requests)
         for index, row in enumerate(rows):
             keys = row["DIT"].unique()
             if len(keys) != 1:
-                raise pb_utils.TritonModelException("every row of one request must name the same DIT")
+                velocities[index] = pb_utils.TritonError("every row of one request must name the same DIT")
+                continue
             groups[(int(keys[0]), tuple(row["LATENT"].shape[1:]))].append(index)
-        velocities = [None] * len(requests)
         for (key, _), members in groups.items():
             if key not in self.engine.dits:
                 for index in members:
                     velocities[index] = pb_utils.TritonError(f"no DiT with key {key} in the served weights")
                 continue
-            device = self.engine.device
-            stacked = {name: torch.cat([rows[i][name] for i in members]).to(device) for name in INPUTS}
-            v = self.engine.local.velocity(
-                key, stacked["LATENT"], stacked["TIME"][:, 0], stacked["TEXT"], stacked["MASK"]
-            )  # (B, Z, T/4, H/4, W/4)
+            try:  # a failing group fails its own requests only, not the rest of the batch
+                stacked = {name: torch.cat([rows[i][name] for i in members]).to(self.engine.device) for name in INPUTS}
+                v = self.engine.local.velocity(
+                    key, stacked["LATENT"], stacked["TIME"][:, 0], stacked["TEXT"], stacked["MASK"]
+                )  # (B, Z, T/4, H/4, W/4)
+            except Exception as exc:
+                for index in members:
+                    velocities[index] = pb_utils.TritonError(f"dit failed: {type(exc).__name__}: {exc}")
+                continue
             for index, part in zip(members, v.float().cpu().split([len(rows[i]["DIT"]) for i in members])):
                 velocities[index] = part
         return [
