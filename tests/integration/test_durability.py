@@ -13,7 +13,14 @@ import httpx
 import pytest
 
 from reelforge.devstack.stack import Stack
-from tests.integration.conftest import new_tenant_key, running_stack, wait_terminal, wait_until
+from tests.integration.conftest import (
+    GPU_IN_FLIGHT,
+    new_tenant_key,
+    running_stack,
+    scraped,
+    wait_terminal,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +100,6 @@ def test_killed_gpu_worker_process_is_redelivered_as_a_second_attempt(
     done = wait_terminal(client, video["id"], timeout=180)
     assert done["status"] == "completed", done
     assert done["attempts"] == 2
+    # the killed child never ran its exit hook: its live gauges must not count any more
+    assert scraped(fault_stack, "gpu", GPU_IN_FLIGHT) == 0
+    assert scraped(fault_stack, "gpu", 'reelforge_engine_loaded{model="reelforge-mini"}') == 1

@@ -14,7 +14,7 @@ from redis import Redis
 
 from reelforge.core.contracts import ErrorCode, Phase, Priority, Status
 from reelforge.core.jobs import JobRecord
-from reelforge.core.store import OUTBOX_KEY, IdempotencyConflict, JobStore
+from reelforge.core.store import OUTBOX_KEY, IdempotencyConflict, JobStore, dead_letter_key
 from reelforge.core.videos import new_job
 from reelforge.devstack.processes import free_port, start_redis
 
@@ -173,6 +173,8 @@ def test_a_job_whose_workers_keep_dying_ends_max_attempts_exceeded(store: JobSto
     final = store.get(record.id)
     assert final is not None and final.status == "failed"
     assert final.error is not None and final.error.code == ErrorCode.max_attempts_exceeded
+    dead = [json.loads(entry) for entry in redis_server.lrange(dead_letter_key("jobs"), 0, -1)]
+    assert [entry["job_id"] for entry in dead][-1] == record.id, "a job out of attempts is dead-lettered"
 
 
 def test_create_writes_an_outbox_entry_and_the_relay_publishes_it_once(store: JobStore, redis_server: Redis) -> None:

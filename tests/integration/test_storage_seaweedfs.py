@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -156,3 +159,16 @@ def test_second_stack_side_by_side_then_stopped(seaweed: Seaweed, tmp_path: Path
         store.ping()
     assert time.monotonic() - started < 5  # /readyz must not hang on a dead store
     assert "S3 API Server" in other.process.log_tail(200)
+
+
+def test_storage_init_creates_the_bucket_once(seaweed: Seaweed) -> None:
+    env = {**os.environ, "REELFORGE_ENVIRONMENT": "development", "REELFORGE_S3_ENDPOINT_URL": seaweed.endpoint,
+           "REELFORGE_S3_ACCESS_KEY_ID": ACCESS_KEY, "REELFORGE_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+           "REELFORGE_S3_BUCKET": "created-by-storage-init"}
+    for _ in range(2):  # the second run finds it and changes nothing
+        result = subprocess.run([sys.executable, "-m", "reelforge.cli", "storage-init"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+    created = ObjectStore(seaweed.endpoint, "created-by-storage-init", ACCESS_KEY, SECRET_KEY)
+    created.put_bytes("probe", b"x", "text/plain")
+    assert created.get_bytes("probe") == b"x"

@@ -44,8 +44,8 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton_stack(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Iterator[Stack]:
-    yield from running_stack(tmp_path_factory, "triton-stack", env={"REELFORGE_ENGINE_WEIGHTS": str(weights)},
-                             engine_backend="triton", gpu_concurrency=2)
+    yield from running_stack(tmp_path_factory, "triton-stack", {"engine_backend": "triton", "gpu_concurrency": 2},
+                             REELFORGE_ENGINE_WEIGHTS=str(weights))
 
 
 @pytest.fixture(scope="module")

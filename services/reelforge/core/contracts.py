@@ -85,6 +85,7 @@ class VideoObject(BaseModel):
     guidance_scale: float
     priority: Priority
     metadata: dict[str, str] = Field(default_factory=dict)
+    trace_id: str | None = Field(default=None, description="OpenTelemetry trace of this job (32 hex digits)")
 
 
 class GenerateMessage(BaseModel):

@@ -72,11 +72,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def created_ms(job_id: str) -> int:
+    """The creation time (unix ms) a job id carries in its first 12 hex digits."""
+    return int(job_id[len("video_"):len("video_") + 12], 16)
+
+
 class JobRecord(VideoObject):
     """A video object plus what only the platform sees."""
 
     tenant: str
     webhook_url: str | None = None
+    traceparent: str | None = Field(default=None, description="W3C trace context of the creating request")
     deleted: bool = False
     transitions: dict[str, int] = Field(default_factory=dict, description="status -> unix ms")
 
@@ -140,6 +146,7 @@ class JobRecord(VideoObject):
 SPEC_FIELDS = {
     "id", "object", "model", "created_at", "prompt", "seconds", "size", "remixed_from_video_id", "steps",
     "negative_prompt", "seed", "fps", "guidance_scale", "priority", "metadata", "tenant", "webhook_url",
+    "trace_id", "traceparent",
 }
 _SCALAR_STATE_FIELDS = {"status", "phase", "progress", "step", "attempts", "completed_at", "expires_at"}
 _VIDEO_FIELDS = set(VideoObject.model_fields)

@@ -26,32 +26,37 @@ from reelforge.core.contracts import (
 )
 from reelforge.core.jobs import JobRecord
 from reelforge.core.store import JobStore
+from reelforge.observability import metrics
+from reelforge.observability.tracing import publish_span
 
 
 class Publisher:
     """Publishes typed messages by task name; task ids are derived from the job id so duplicates are
-    recognisable in logs and tools."""
+    recognisable in logs and tools. Each publish is a span of the job's trace."""
 
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
 
-    def generate(self, job_id: str, priority: Priority) -> None:
-        self.celery.send_task(
-            TASK_GENERATE,
-            args=[GenerateMessage(job_id=job_id).model_dump()],
-            queue=GPU_QUEUE_BY_PRIORITY[priority],
-            task_id=f"{job_id}.generate",
-            argsrepr=job_id,  # Celery would otherwise saferepr() the args of every message it publishes
-            kwargsrepr="",
-        )
+    def generate(self, job_id: str, priority: Priority, traceparent: str | None = None) -> None:
+        queue = GPU_QUEUE_BY_PRIORITY[priority]
+        with publish_span(queue, traceparent):
+            self.celery.send_task(
+                TASK_GENERATE,
+                args=[GenerateMessage(job_id=job_id).model_dump()],
+                queue=queue,
+                task_id=f"{job_id}.generate",
+                argsrepr=job_id,  # Celery would otherwise saferepr() the args of every message it publishes
+                kwargsrepr="",
+            )
 
     def postprocess(self, message: PostprocessMessage) -> None:
-        self.celery.send_task(
-            TASK_POSTPROCESS,
-            args=[message.model_dump()],
-            queue=QUEUE_POSTPROCESS,
-            task_id=f"{message.job_id}.postprocess",
-        )
+        with publish_span(QUEUE_POSTPROCESS):
+            self.celery.send_task(
+                TASK_POSTPROCESS,
+                args=[message.model_dump()],
+                queue=QUEUE_POSTPROCESS,
+                task_id=f"{message.job_id}.postprocess",
+            )
 
     def webhook(self, job: JobRecord) -> None:
         status = Status(job.status)
@@ -59,9 +64,10 @@ class Publisher:
             return
         event_type = EVENT_TYPE_BY_STATUS[status]
         message = WebhookMessage(job_id=job.id, event_id=f"msg_{job.id}_{status}", type=event_type)
-        self.celery.send_task(
-            TASK_WEBHOOK, args=[message.model_dump()], queue=QUEUE_WEBHOOKS, task_id=message.event_id
-        )
+        with publish_span(QUEUE_WEBHOOKS, job.traceparent):
+            self.celery.send_task(
+                TASK_WEBHOOK, args=[message.model_dump()], queue=QUEUE_WEBHOOKS, task_id=message.event_id
+            )
 
 
 def end_job(
@@ -73,10 +79,11 @@ def end_job(
     *,
     from_phases: Iterable[Phase] = (),
 ) -> bool:
-    """Move a job to a terminal status and queue its webhook. False if another transition won."""
+    """Move a job to a terminal status, count it and queue its webhook. False if another transition won."""
     if not store.transition(job_id, status, fields, from_phases=from_phases):
         return False
     job = store.get(job_id)
     if job is not None:
+        metrics.job_finished(job)
         publisher.webhook(job)
     return True

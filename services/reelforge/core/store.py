@@ -63,14 +63,25 @@ OUTBOX_KEY = f"{PREFIX}:outbox"
 OUTBOX_INFLIGHT_KEY = f"{PREFIX}:outbox:inflight"
 
 
+# Jobs that used up their GPU attempts and webhook events that used up their deliveries, newest last,
+# for on-call to inspect and replay; the queue exporter reports their lengths.
+DEAD_LETTER_KINDS = ("jobs", "webhooks")
+DEAD_LETTER_MAX = 10_000
+
+
+def dead_letter_key(kind: str) -> str:
+    return f"{PREFIX}:deadletter:{kind}"
+
+
 def outbox_entry(job: JobRecord) -> str:
-    return f"{job.priority} {job.id}"
+    """'priority job_id [traceparent]': the relay publishes inside the job's trace without reading it."""
+    return " ".join(part for part in (str(job.priority), job.id, job.traceparent) if part)
 
 
-def parse_outbox_entry(entry: str) -> tuple[str, str]:
-    """-> (priority, job id)"""
-    priority, job_id = entry.split(" ", 1)
-    return priority, job_id
+def parse_outbox_entry(entry: str) -> tuple[str, str, str | None]:
+    """-> (priority, job id, traceparent or None)"""
+    priority, job_id, *rest = entry.split(" ", 2)
+    return priority, job_id, rest[0] if rest else None
 
 
 def _create_call(job: JobRecord, idempotency: tuple[str, str] | None, ttl_s: int) -> tuple[list[str], list[Any]]:
@@ -202,6 +213,12 @@ class JobStore:
     def start_gpu_attempt(self, job_id: str) -> int:
         """Count a GPU attempt. 0 means there is nothing for the GPU stage to do (idempotent redelivery)."""
         return int(self._start_gpu(keys=[self.job_key(job_id)], args=[_csv(GPU_PHASES), now_ms()]))
+
+    def dead_letter(self, kind: str, entry: Mapping[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(dead_letter_key(kind), json.dumps({**entry, "at": now_ms()}))
+        pipe.ltrim(dead_letter_key(kind), -DEAD_LETTER_MAX, -1)
+        pipe.execute()
 
     def mark_deleted(self, job: JobRecord) -> None:
         pipe = self.redis.pipeline(transaction=True)

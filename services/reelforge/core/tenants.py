@@ -19,9 +19,16 @@ from reelforge.core.store import PREFIX, as_text
 
 KEY_PREFIX = "rf_"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# As long as a generated key (token_urlsafe(32) is 43 characters) or close to it: 32 characters of this
+# alphabet are 192 bits.
+IMPORTED_KEY_RE = re.compile(rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{32,}}$")
 
 
 class InvalidTenant(ValueError):
+    pass
+
+
+class InvalidKey(ValueError):
     pass
 
 
@@ -50,18 +57,32 @@ class TenantRegistry:
     def create_key(self, tenant: str, name: str = "default") -> tuple[str, str]:
         """Create an API key for tenant (creating the tenant if new). Returns (key_id, plaintext key);
         the plaintext is shown once and never stored."""
+        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+        return self._store_key(tenant, api_key, "key_" + secrets.token_hex(8), name), api_key
+
+    def import_key(self, tenant: str, api_key: str, name: str = "imported") -> str:
+        """Register a key made outside (a deployment's Secret) for tenant; returns its key_id.
+        Idempotent: the key_id derives from the key, so importing it again changes nothing."""
+        if not IMPORTED_KEY_RE.match(api_key):
+            raise InvalidKey(
+                f"an imported API key must be '{KEY_PREFIX}' and at least 32 characters of A-Z, a-z, 0-9, '_' "
+                f"or '-'; make one with: python -c 'import secrets; print(\"{KEY_PREFIX}\" + secrets.token_urlsafe(32))'"
+            )
+        return self._store_key(tenant, api_key, "key_" + hash_key(api_key)[:16], name)
+
+    def _store_key(self, tenant: str, api_key: str, key_id: str, name: str) -> str:
         if not TENANT_RE.match(tenant):
             raise InvalidTenant(
                 f"tenant {tenant!r} must be 1-63 characters of a-z, 0-9, '_' or '-', starting alphanumeric"
             )
         self.ensure_tenant(tenant)
-        api_key = KEY_PREFIX + secrets.token_urlsafe(32)
-        key_id = "key_" + secrets.token_hex(8)
-        self.redis.hset(
-            self._key_record(hash_key(api_key)),
-            mapping={"tenant": tenant, "key_id": key_id, "name": name, "created_at": str(now_ms())},
-        )
-        return key_id, api_key
+        record = self._key_record(hash_key(api_key))
+        owner = self.redis.hget(record, "tenant")
+        if owner is not None and as_text(owner) != tenant:
+            raise InvalidKey("this API key already belongs to another tenant")
+        self.redis.hsetnx(record, "created_at", str(now_ms()))
+        self.redis.hset(record, mapping={"tenant": tenant, "key_id": key_id, "name": name})
+        return key_id
 
     def authenticate(self, api_key: str) -> Principal | None:
         if not api_key.startswith(KEY_PREFIX):

@@ -20,13 +20,14 @@ class NotCancellable(Exception):
 
 def new_job(tenant: str, *, prompt: str, model: str, seconds: str, size: str, negative_prompt: str | None,
             seed: int, fps: int, num_steps: int, guidance_scale: float, webhook_url: str | None,
-            metadata: dict[str, str], priority: Priority) -> JobRecord:
+            metadata: dict[str, str], priority: Priority, traceparent: str | None = None) -> JobRecord:
     created_ms = now_ms()
     return JobRecord(
         id=new_job_id(), tenant=tenant, model=model, status=Status.queued, phase=Phase.queued, progress=0,
         created_at=created_ms // 1000, prompt=prompt, seconds=seconds, size=size,
         negative_prompt=negative_prompt, seed=seed, fps=fps, steps=num_steps, guidance_scale=guidance_scale,
         webhook_url=webhook_url, metadata=metadata, priority=priority,
+        traceparent=traceparent, trace_id=traceparent.split("-")[1] if traceparent else None,
         transitions={str(Status.queued): created_ms},
     )
 

@@ -1,5 +1,6 @@
 """The local stack behind `reelforge up` and the integration tests: real Redis (AOF), real SeaweedFS,
-the gateway and the three Celery workers, each a child process logging under DATA_DIR/logs.
+the gateway, the outbox relay, the three Celery workers and the queue exporter, each a child process
+logging under DATA_DIR/logs. Every Prometheus endpoint is listed in stack.json under "metrics".
 
 Everything lives under one data dir and all ports are configurable, so stacks run side by side.
 """
@@ -29,7 +30,8 @@ from reelforge.devstack.processes import ManagedProcess, free_port, start_redis,
 DEV_TENANT = "dev"
 DEV_S3_ACCESS_KEY = "reelforge-dev"
 DEV_S3_SECRET_KEY = "reelforge-dev-secret"
-WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks")
+WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks", "exporter")
+CELERY_ROLES = ("gpu", "postprocess", "webhooks")
 READY_TIMEOUT_S = 120.0
 # Front to back: stop taking requests, let workers finish, then the servers and stores they call.
 STOP_ORDER = ("gateway", *WORKER_ROLES, "triton", "seaweedfs", "redis")
@@ -190,9 +192,16 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         exe = [sys.executable, "-m", "reelforge.cli"]
         starters["gateway"] = lambda: ManagedProcess.spawn(
             "gateway", [*exe, "gateway", "--port", str(config.gateway_port)], data_dir / "logs", env)
+        metrics_targets = {"gateway": f"127.0.0.1:{config.gateway_port}"}
+        if triton_info:  # Triton's own endpoint, scraped next to ours
+            metrics_targets["triton"] = triton_info["triton_metrics_url"].removeprefix("http://").removesuffix("/metrics")
         for role in config.workers:
             role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
-            argv = [*exe, "relay"] if role == "relay" else [*exe, "worker", role]
+            if role in CELERY_ROLES or role == "exporter":
+                port = free_port()
+                role_env["REELFORGE_EXPORTER_PORT" if role == "exporter" else "REELFORGE_METRICS_PORT"] = str(port)
+                metrics_targets[role] = f"127.0.0.1:{port}"
+            argv = [*exe, "worker", role] if role in CELERY_ROLES else [*exe, role]
             if role == "gpu":
                 argv += ["--concurrency", str(config.gpu_concurrency)]
             starters[role] = functools.partial(ManagedProcess.spawn, role, argv, data_dir / "logs", role_env)
@@ -217,6 +226,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         "s3_access_key_id": DEV_S3_ACCESS_KEY,
         "s3_secret_access_key": DEV_S3_SECRET_KEY,
         "logs": str(data_dir / "logs"),
+        "metrics": metrics_targets,
         "engine_backend": config.engine_backend,
         **triton_info,
         "pids": {name: proc.pid for name, proc in components.items()},

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from celery import Task
 from celery.signals import worker_process_init
+from opentelemetry.trace import Span
 
 from reelforge.celery_app import TASK_GENERATE, celery_app
 from reelforge.core.contracts import ErrorCode, GenerateMessage, Phase, PostprocessMessage, Status
@@ -19,12 +20,16 @@ from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, pro
 from reelforge.core.lifecycle import end_job
 from reelforge.core.storage import frames_to_bytes, staging_key
 from reelforge.engine.interface import GenerationRequest, StepEvent, VideoEngine
+from reelforge.gpu_worker.quality import QualitySampler
+from reelforge.observability import metrics
+from reelforge.observability.tracing import TRACEPARENT, consume_span, tracer
 from reelforge.runtime import Runtime, get_runtime
 from reelforge.settings import Settings
 
 log = structlog.get_logger("reelforge.gpu_worker")
 
 _engine: VideoEngine | None = None
+_quality: QualitySampler | None = None
 
 
 class JobCancelled(Exception):
@@ -40,6 +45,7 @@ def load_engine_once(**_: Any) -> None:
         _engine = _load(settings)
         log.info("engine_loaded", model=_engine.name, backend=settings.engine_backend,
                  seconds=round(time.perf_counter() - started, 3))
+        metrics.ENGINE_LOADED.labels(_engine.name).set(1)
         if settings.ready_file:
             Path(settings.ready_file).write_text(f"{_engine.name} {_engine.version}\n")
 
@@ -62,6 +68,13 @@ def connect_engine_preload() -> None:
     worker_process_init.connect(load_engine_once, weak=False)
 
 
+def get_quality_sampler(rt: Runtime) -> QualitySampler:
+    global _quality
+    if _quality is None:
+        _quality = QualitySampler(rt.settings.quality_sample_rate)
+    return _quality
+
+
 def get_engine() -> VideoEngine:
     if _engine is None:
         load_engine_once()
@@ -69,24 +82,36 @@ def get_engine() -> VideoEngine:
     return _engine
 
 
+ENGINE_PHASES = ("encoding_prompt", "denoising", "decoding")
+
+
 class PhaseClock:
-    """Seconds spent in each phase, written to the job as t:<phase> fields."""
+    """Seconds spent in each phase, written to the job as t:<phase> fields; each phase is also a span."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
         self._phase: str | None = None
         self._since = time.perf_counter()
+        self._span: Span | None = None
 
     def enter(self, phase: str) -> None:
         if phase == self._phase:
             return
         self.stop()
         self._phase, self._since = phase, time.perf_counter()
+        self._span = tracer.start_span(phase)
 
     def stop(self) -> None:
         if self._phase is not None:
             self.timings[self._phase] = self.timings.get(self._phase, 0.0) + time.perf_counter() - self._since
             self._phase = None
+        if self._span is not None:
+            self._span.end()
+            self._span = None
+
+    @property
+    def engine_seconds(self) -> float:
+        return sum(self.timings.get(phase, 0.0) for phase in ENGINE_PHASES)
 
     def fields(self) -> dict[str, str]:
         return {f"t:{phase}": f"{secs:.6f}" for phase, secs in self.timings.items()}
@@ -118,7 +143,36 @@ def _postprocess_message(job: JobRecord) -> PostprocessMessage:
 
 
 def _fail(rt: Runtime, job_id: str, code: ErrorCode, message: str) -> None:
-    end_job(rt.store, rt.publisher, job_id, Status.failed, error_fields(code, message))
+    """The job used up its attempts: it fails, and goes to the jobs dead-letter list."""
+    if end_job(rt.store, rt.publisher, job_id, Status.failed, error_fields(code, message)):
+        rt.store.dead_letter("jobs", {"job_id": job_id, "code": str(code), "message": message})
+
+
+class StepMeter:
+    """Per-step denoise durations and, on a job's first attempt, the time to its first visible progress."""
+
+    def __init__(self, job: JobRecord, first_attempt: bool) -> None:
+        self.job = job
+        self.first_attempt = first_attempt
+        self._last_step: float | None = None
+
+    def __call__(self, event: StepEvent) -> None:
+        if event.phase != "denoising":
+            return
+        now = time.perf_counter()
+        if event.step > 0 and self._last_step is not None:
+            metrics.DENOISE_STEP.labels(self.job.model).observe(now - self._last_step)
+        self._last_step = now
+        if event.step == 1 and self.first_attempt:
+            created = self.job.transitions.get(str(Status.queued))
+            if created is not None:
+                metrics.FIRST_PROGRESS.labels(str(self.job.priority), self.job.model).observe(
+                    max(0.0, time.time() - created / 1000))
+
+
+def _observe_attempt(job: JobRecord, clock: PhaseClock, outcome: str) -> None:
+    metrics.phases_observed(job, clock.timings)
+    metrics.GPU_SECONDS.labels(str(job.priority), job.model, outcome).observe(clock.engine_seconds)
 
 
 def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
@@ -143,9 +197,11 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     queued_at = job.transitions.get(str(Status.queued))
     if queued_at is not None and attempt == 1:
         clock.timings["queue_wait"] = max(0.0, time.time() - queued_at / 1000)
+    meter = StepMeter(job, first_attempt=attempt == 1)
 
     def on_step(event: StepEvent) -> None:
         clock.enter(event.phase)
+        meter(event)
         phase = Phase(event.phase)
         fields = {
             "phase": str(phase),
@@ -160,18 +216,27 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     try:
         frames = engine.generate(_request_for(job), on_step)
     except JobCancelled:
+        clock.stop()
+        _observe_attempt(job, clock, "cancelled")
         log.info("generate_cancelled")
         return True
     except Exception as exc:  # any engine failure fails this attempt only
+        clock.stop()
+        _observe_attempt(job, clock, "failed")
         log.exception("generate_failed", attempt=attempt)
         if attempt >= rt.settings.max_attempts:
             _fail(rt, job_id, ErrorCode.engine_error, f"the engine failed: {type(exc).__name__}: {exc}")
             return True
         return False
-    clock.stop()
 
+    get_quality_sampler(rt).offer(job.model, frames, job.prompt)
     message = _postprocess_message(job)
-    rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
+    clock.enter("staging")
+    try:
+        rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
+    finally:
+        clock.stop()
+    _observe_attempt(job, clock, "completed")
     handed_off = rt.store.update_running(
         job_id,
         {"phase": str(Phase.encoding), "progress": str(progress_for(Phase.encoding)), **clock.fields()},
@@ -189,7 +254,8 @@ def generate(self: Task, message: dict[str, Any]) -> None:
     msg = GenerateMessage.model_validate(message)
     structlog.contextvars.bind_contextvars(job_id=msg.job_id, task_id=self.request.id)
     try:
-        if not run_generate(get_runtime(), get_engine(), msg.job_id):
-            raise self.retry(countdown=min(2 ** self.request.retries, 30))
+        with consume_span("gpu.generate", self.request.get(TRACEPARENT), msg.job_id):
+            if not run_generate(get_runtime(), get_engine(), msg.job_id):
+                raise self.retry(countdown=min(2 ** self.request.retries, 30))
     finally:
         structlog.contextvars.clear_contextvars()

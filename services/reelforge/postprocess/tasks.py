@@ -16,6 +16,8 @@ from reelforge.core.contracts import ErrorCode, Phase, PostprocessMessage, Statu
 from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, now_ms, progress_for
 from reelforge.core.lifecycle import end_job
 from reelforge.core.storage import ObjectNotFound, StorageError, asset_key, frames_from_bytes
+from reelforge.observability import metrics
+from reelforge.observability.tracing import TRACEPARENT, consume_span, tracer
 from reelforge.postprocess import media
 from reelforge.postprocess.assets import ASSETS, SPRITESHEET_NAME, THUMBNAIL_NAME, VIDEO_NAME
 from reelforge.runtime import Runtime, get_runtime
@@ -64,7 +66,8 @@ def run_postprocess(rt: Runtime, msg: PostprocessMessage) -> None:
     with tempfile.TemporaryDirectory(prefix="reelforge-") as tmp:
         workdir = Path(tmp)
         try:
-            _encode_assets(job, frames, workdir)
+            with tracer.start_as_current_span("encoding"):
+                _encode_assets(job, frames, workdir)
         except media.MediaError as exc:
             log.error("encode_failed", error=str(exc))
             end_job(rt.store, rt.publisher, msg.job_id, Status.failed,
@@ -77,9 +80,11 @@ def run_postprocess(rt: Runtime, msg: PostprocessMessage) -> None:
         }):  # cancelled or deleted while encoding
             rt.storage.delete_prefix(msg.staging_key)
             return
-        for name, content_type in ASSETS.values():
-            rt.storage.put_file(asset_key(job.tenant, job.id, name), workdir / name, content_type)
+        with tracer.start_as_current_span("uploading"):
+            for name, content_type in ASSETS.values():
+                rt.storage.put_file(asset_key(job.tenant, job.id, name), workdir / name, content_type)
     upload_s = time.perf_counter() - started - encode_s
+    metrics.phases_observed(job, {"encoding": encode_s, "uploading": upload_s})
 
     done_ms = now_ms()
     completed = end_job(rt.store, rt.publisher, msg.job_id, Status.completed, {
@@ -102,14 +107,15 @@ def encode(self: Task, message: dict[str, Any]) -> None:
     msg = PostprocessMessage.model_validate(message)
     structlog.contextvars.bind_contextvars(job_id=msg.job_id, task_id=self.request.id)
     rt = get_runtime()
-    try:
-        run_postprocess(rt, msg)
-    except StorageError as exc:
-        if self.request.retries >= STORAGE_RETRIES:
-            end_job(rt.store, rt.publisher, msg.job_id, Status.failed,
-                    error_fields(ErrorCode.storage_error, "object storage kept failing; try again later"))
-            return
-        log.warning("postprocess_storage_retry", error=str(exc))
-        raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
-    finally:
-        structlog.contextvars.clear_contextvars()
+    with consume_span("postprocess.encode", self.request.get(TRACEPARENT), msg.job_id):
+        try:
+            run_postprocess(rt, msg)
+        except StorageError as exc:
+            if self.request.retries >= STORAGE_RETRIES:
+                end_job(rt.store, rt.publisher, msg.job_id, Status.failed,
+                        error_fields(ErrorCode.storage_error, "object storage kept failing; try again later"))
+                return
+            log.warning("postprocess_storage_retry", error=str(exc))
+            raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
+        finally:
+            structlog.contextvars.clear_contextvars()

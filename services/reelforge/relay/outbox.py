@@ -19,6 +19,7 @@ from redis import Redis
 from reelforge.core.contracts import Priority
 from reelforge.core.lifecycle import Publisher
 from reelforge.core.store import OUTBOX_INFLIGHT_KEY, OUTBOX_KEY, parse_outbox_entry
+from reelforge.worker_health import Heartbeat
 
 log = structlog.get_logger("reelforge.relay")
 
@@ -53,15 +54,16 @@ def take_batch(redis: Redis, limit: int = BATCH, timeout_s: int = POLL_TIMEOUT_S
 
 def relay_batch(redis: Redis, publisher: Publisher, batch: list[bytes]) -> None:
     for entry in batch:
-        priority, job_id = parse_outbox_entry(entry.decode())
-        publisher.generate(job_id, Priority(priority))
+        priority, job_id, traceparent = parse_outbox_entry(entry.decode())
+        publisher.generate(job_id, Priority(priority), traceparent)
     pipe = redis.pipeline(transaction=False)
     for entry in batch:
         pipe.lrem(OUTBOX_INFLIGHT_KEY, 1, entry)  # type: ignore[arg-type]  # redis-py types values as str
     pipe.execute()
 
 
-def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: str | None = None) -> None:
+def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: str | None = None,
+        heartbeat: Heartbeat | None = None) -> None:
     recovered = recover_inflight(redis)
     log.info("relay_started", recovered=recovered)
     if ready_file:
@@ -71,6 +73,8 @@ def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: s
             batch = take_batch(redis)
             if batch:
                 relay_batch(redis, publisher, batch)
+            if heartbeat is not None:  # only after Redis answered: a relay that cannot relay goes stale
+                heartbeat.beat()
         except Exception:  # broker or Redis hiccup: entries stay in flight and are recovered below
             log.exception("relay_batch_failed")
             stop.wait(1.0)

@@ -17,6 +17,8 @@ from reelforge.core.store import AsyncJobCreator, IdempotencyConflict
 from reelforge.gateway.deps import PrincipalDep, RuntimeDep, authenticate
 from reelforge.gateway.errors import APIError, bad_request, not_found
 from reelforge.gateway.validation import form_to_dict, parse_create, request_hash
+from reelforge.observability import metrics
+from reelforge.observability.tracing import current_traceparent
 from reelforge.postprocess.assets import ASSETS
 from reelforge.runtime import Runtime
 
@@ -71,14 +73,16 @@ async def create_video(request: Request) -> Response:
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
     params, body = parse_create(await _read_body(request))
-    job = videos.new_job(principal.tenant, **params.model_dump())
+    job = videos.new_job(principal.tenant, **params.model_dump(), traceparent=current_traceparent())
     idempotency = (idempotency_key, request_hash(body)) if idempotency_key else None
     try:
-        stored, _ = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s)
+        stored, created = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s)
     except IdempotencyConflict:
         raise APIError(409, "This Idempotency-Key was already used with a different request body; use a "
                             "new key for a new request.", param="Idempotency-Key",
                        code="idempotency_key_reused") from None
+    if created:
+        metrics.job_created(stored)
     return _video_response(stored)
 
 

@@ -1,0 +1,1 @@
+"""Metrics (prometheus-client), traces (OpenTelemetry) and the queue exporter; docs/metrics.md lists every metric."""
