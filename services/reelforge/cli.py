@@ -44,12 +44,17 @@ def main() -> None:
 @click.option("--redis-port", type=int, default=0, help="0 picks a free port.")
 @click.option("--s3-port", type=int, default=0, help="0 picks a free port.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; stop it with `reelforge down`.")
-def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool) -> None:
-    """Run the whole local stack: Redis, SeaweedFS, gateway and the three workers."""
+@click.option("--engine-backend", type=click.Choice(["inprocess", "triton"]), default="inprocess", show_default=True,
+              help="triton also starts Triton Inference Server with the engine's model repository.")
+@click.option("--gpu-concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPU worker processes (with --engine-backend triton each is only a client).")
+def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool, engine_backend: str,
+       gpu_concurrency: int) -> None:
+    """Run the whole local stack: Redis, SeaweedFS, gateway and the three workers (and Triton)."""
     from reelforge.devstack.stack import StackConfig, StackError, start_stack
 
     config = StackConfig(data_dir=data_dir.resolve(), gateway_port=port, redis_port=redis_port,
-                         s3_port=s3_port)
+                         s3_port=s3_port, engine_backend=engine_backend, gpu_concurrency=gpu_concurrency)
     try:
         stack = start_stack(config, echo=lambda line: click.echo(line, err=True))
     except StackError as exc:
@@ -170,6 +175,26 @@ def worker(role: str, concurrency: int, queues: str | None) -> None:
         f"--queues={queues or default_queues[role]}", f"--hostname={role}@%h", "--without-gossip",
         "--without-mingle", "--without-heartbeat",
     ])
+
+
+@main.command()
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="Where GPU workers call it.")
+@click.option("--http-port", type=int, default=8010, show_default=True, help="Health and the HTTP API.")
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics.")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".reelforge/triton"), show_default=True,
+              help="Holds the Python backend folder and the stub's environment.")
+def triton(grpc_port: int, http_port: int, metrics_port: int, work_dir: Path) -> None:
+    """Run Triton Inference Server with the engine's model repository (REELFORGE_ENGINE_* settings)."""
+    import os
+
+    from reelforge.engine.triton.server import TritonNotInstalled, TritonPorts, server_command
+
+    try:
+        argv, env = server_command(work_dir.resolve(), TritonPorts(grpc=grpc_port, http=http_port,
+                                                                   metrics=metrics_port))
+    except TritonNotInstalled as exc:
+        raise click.ClickException(str(exc)) from None
+    os.execve(argv[0], argv, env)
 
 
 @main.command()

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     s3_access_key_id: str = "reelforge"
     s3_secret_access_key: str = "reelforge-secret"
 
+    engine_backend: Literal["inprocess", "triton"] = Field(
+        default="inprocess",
+        description="where the GPU worker runs the engine: torch in its own process, or Triton Inference "
+        "Server at triton_url (docs/triton.md); jobs, progress, cancel and output are the same either way",
+    )
+    triton_url: str = Field(default="127.0.0.1:8001", description="Triton's gRPC endpoint, host:port")
     engine_device: str = "cpu"
     engine_weights: Path | None = Field(
         default=None,

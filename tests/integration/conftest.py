@@ -118,10 +118,13 @@ def _flat_spans(request: ExportTraceServiceRequest) -> Iterator[dict[str, Any]]:
                        "span_id": span.span_id.hex(), "parent_id": span.parent_span_id.hex(), "kind": span.kind}
 
 
-def running_stack(factory: pytest.TempPathFactory, name: str, **extra_env: str) -> Iterator[Stack]:
-    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests."""
+def running_stack(factory: pytest.TempPathFactory, name: str, stack_config: dict[str, Any] | None = None,
+                  **extra_env: str) -> Iterator[Stack]:
+    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests.
+    stack_config: extra StackConfig fields (the Triton backend, say)."""
     env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3", **extra_env}
-    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env))
+    running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env,
+                                      **(stack_config or {})))
     yield running
     running.stop()
 

@@ -261,3 +261,29 @@ def _volume_server_joined(master_port: int) -> bool:
     except (OSError, ValueError):
         return False
     return bool(status.get("Topology", {}).get("Max", 0) > 0)
+
+
+TRITON_READY_TIMEOUT_S = 300.0  # every model process imports torch and loads the engine
+
+
+def start_triton(
+    work_dir: Path, grpc_port: int, http_port: int, metrics_port: int, env: Mapping[str, str],
+    *, timeout_s: float = TRITON_READY_TIMEOUT_S,
+) -> ManagedProcess:
+    """tritonserver with the engine's model repository, on loopback; returns once every model is loaded
+    (strict readiness). env: the REELFORGE_ENGINE_* settings its models load the engine with."""
+    from reelforge.engine.triton.server import TritonPorts, server_command
+
+    argv, server_env = server_command(work_dir, TritonPorts(grpc=grpc_port, http=http_port, metrics=metrics_port),
+                                      env)
+    process = ManagedProcess.spawn("triton", argv, work_dir, server_env)
+    process.wait_ready(lambda: _http_ok(f"http://127.0.0.1:{http_port}/v2/health/ready"), "ready models", timeout_s)
+    return process
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False

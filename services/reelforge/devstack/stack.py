@@ -25,7 +25,7 @@ from redis import Redis
 from reelforge.core.storage import ObjectStore
 from reelforge.core.tenants import TenantRegistry
 from reelforge.devstack.client import STACK_INFO
-from reelforge.devstack.processes import ManagedProcess, free_port, start_redis, start_seaweedfs
+from reelforge.devstack.processes import ManagedProcess, free_port, start_redis, start_seaweedfs, start_triton
 
 DEV_TENANT = "dev"
 DEV_S3_ACCESS_KEY = "reelforge-dev"
@@ -33,6 +33,8 @@ DEV_S3_SECRET_KEY = "reelforge-dev-secret"
 WORKER_ROLES = ("relay", "gpu", "postprocess", "webhooks", "exporter")
 CELERY_ROLES = ("gpu", "postprocess", "webhooks")
 READY_TIMEOUT_S = 120.0
+# Front to back: stop taking requests, let workers finish, then the servers and stores they call.
+STOP_ORDER = ("gateway", *WORKER_ROLES, "triton", "seaweedfs", "redis")
 
 
 class StackError(Exception):
@@ -47,6 +49,8 @@ class StackConfig:
     s3_port: int = 0
     env: dict[str, str] = field(default_factory=dict)  # extra REELFORGE_* settings for every process
     workers: tuple[str, ...] = WORKER_ROLES  # benchmarks of the gateway alone start none
+    engine_backend: str = "inprocess"  # "triton" also starts tritonserver and points the GPU worker at it
+    gpu_concurrency: int = 1  # GPU worker processes; with Triton each is only a client
 
 
 @dataclass
@@ -60,8 +64,7 @@ class Stack:
         return [name for name, proc in self.components.items() if not proc.alive]
 
     def stop(self) -> None:
-        # Front to back: stop taking requests, let workers finish, then the stores they write to.
-        for name in ("gateway", *WORKER_ROLES, "seaweedfs", "redis"):
+        for name in STOP_ORDER:
             if name in self.components:
                 self.components[name].stop()
         (self.config.data_dir / STACK_INFO).unlink(missing_ok=True)
@@ -166,6 +169,16 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
             "REELFORGE_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
             **config.env,
         }
+        triton_info: dict[str, str] = {}
+        if config.engine_backend == "triton":
+            triton_ports = (free_port(), free_port(), free_port())
+            env["REELFORGE_ENGINE_BACKEND"] = "triton"
+            env["REELFORGE_TRITON_URL"] = f"127.0.0.1:{triton_ports[0]}"
+            triton_info = {"triton_grpc_url": env["REELFORGE_TRITON_URL"],
+                           "triton_metrics_url": f"http://127.0.0.1:{triton_ports[2]}/metrics"}
+            starters["triton"] = lambda: start_triton(data_dir / "triton", *triton_ports, env)
+            echo(f"starting triton (gRPC on {triton_ports[0]}, metrics on {triton_ports[2]})")
+            components["triton"] = starters["triton"]()
         storage = ObjectStore(endpoint_url=env["REELFORGE_S3_ENDPOINT_URL"], public_endpoint_url=None,
                               bucket=env.get("REELFORGE_S3_BUCKET", "reelforge"), region="us-east-1",
                               access_key_id=DEV_S3_ACCESS_KEY, secret_access_key=DEV_S3_SECRET_KEY)
@@ -180,6 +193,8 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         starters["gateway"] = lambda: ManagedProcess.spawn(
             "gateway", [*exe, "gateway", "--port", str(config.gateway_port)], data_dir / "logs", env)
         metrics_targets = {"gateway": f"127.0.0.1:{config.gateway_port}"}
+        if triton_info:  # Triton's own endpoint, scraped next to ours
+            metrics_targets["triton"] = triton_info["triton_metrics_url"].removeprefix("http://").removesuffix("/metrics")
         for role in config.workers:
             role_env = {**env, "REELFORGE_READY_FILE": str(ready_files[role])}
             if role in CELERY_ROLES or role == "exporter":
@@ -187,6 +202,8 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
                 role_env["REELFORGE_EXPORTER_PORT" if role == "exporter" else "REELFORGE_METRICS_PORT"] = str(port)
                 metrics_targets[role] = f"127.0.0.1:{port}"
             argv = [*exe, "worker", role] if role in CELERY_ROLES else [*exe, role]
+            if role == "gpu":
+                argv += ["--concurrency", str(config.gpu_concurrency)]
             starters[role] = functools.partial(ManagedProcess.spawn, role, argv, data_dir / "logs", role_env)
         for name in ("gateway", *config.workers):
             echo(f"starting {name}")
@@ -210,6 +227,8 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         "s3_secret_access_key": DEV_S3_SECRET_KEY,
         "logs": str(data_dir / "logs"),
         "metrics": metrics_targets,
+        "engine_backend": config.engine_backend,
+        **triton_info,
         "pids": {name: proc.pid for name, proc in components.items()},
     }
     _write_info(data_dir, info)
@@ -221,7 +240,7 @@ def stop_detached(data_dir: Path, timeout_s: float = 20.0) -> bool:
     if not path.exists():
         return False
     pids: dict[str, int] = json.loads(path.read_text()).get("pids", {})
-    order = [n for n in ("gateway", *WORKER_ROLES, "seaweedfs", "redis") if n in pids]
+    order = [n for n in STOP_ORDER if n in pids]
     for name in order:
         _terminate_group(pids[name], timeout_s)
     path.unlink(missing_ok=True)

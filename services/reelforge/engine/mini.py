@@ -15,6 +15,7 @@ serving path that must not depend on shipped files).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,6 +31,46 @@ INIT_SEED = 0  # weights seed for random_init; identical across workers and rest
 FLOW_SHIFT = 1.0  # no time shift: the clips are small, and a few-step student is trained unshifted
 RANDOM_INIT_VERSION = "0.1.0-random-init"
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
+TEACHER = 0  # DiT key of the teacher; a student's key is its step count
+
+
+class EngineStages(Protocol):
+    """Where the three networks run: in this process (LocalStages), or behind Triton, where the pipeline
+    model runs this same `generate` and its stages call the text_encoder, dit and vae_decoder models.
+    Every stage takes and returns a batch, so a server may stack rows of different jobs."""
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """prompts -> (text (P, L, 384), mask (P, L) bool)."""
+        ...
+
+    def velocity(
+        self, dit: int, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """One DiT pass of the DiT keyed `dit`: x (B, Z, T/4, H/4, W/4), t (B,) -> velocity like x."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """DiT-space latents (B, Z, T/4, H/4, W/4) -> video (B, 3, T, H, W) in ~[-1, 1]."""
+        ...
+
+
+class LocalStages:
+    """The engine's own modules, in this process."""
+
+    def __init__(self, engine: MiniEngine) -> None:
+        self.engine = engine
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.engine.text_encoder(prompts)  # (P, L, 384), (P, L)
+
+    def velocity(
+        self, dit: int, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.engine.dits[dit](x, t, text, mask)  # (B, Z, T/4, H/4, W/4)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.engine.vae
+        return vae.decode(vae.denormalize(latents))  # (B, 3, T, H, W)
 
 
 class MiniEngine:
@@ -74,32 +115,42 @@ class MiniEngine:
         self.text_encoder = TextEncoder()
         for module in (self.dit, self.vae, self.text_encoder, *self.students.values()):
             module.to(self.device).eval().requires_grad_(False)
+        self.dits: dict[int, VideoDiT] = {TEACHER: self.dit, **self.students}
+        self.local = LocalStages(self)
+
+    def dit_key_for(self, request: GenerationRequest) -> tuple[int, float]:
+        """(key into self.dits, guidance scale to sample it at) for a request: its step count's student
+        when the requested guidance is the one distilled into it, else the teacher at that guidance."""
+        if request.num_steps in self.students and self.distilled_guidance is not None:
+            if abs(request.guidance_scale - self.distilled_guidance) < 1e-6:
+                return request.num_steps, 1.0  # guidance is in its weights: one conditional pass a step
+        return TEACHER, request.guidance_scale
 
     def model_for(self, request: GenerationRequest) -> tuple[VideoDiT, float]:
-        """(DiT, guidance scale to sample it at) for a request: its step count's student when the
-        requested guidance is the one distilled into it, else the teacher at the requested guidance."""
-        student = self.students.get(request.num_steps)
-        if student is not None and self.distilled_guidance is not None:
-            if abs(request.guidance_scale - self.distilled_guidance) < 1e-6:
-                return student, 1.0  # guidance is in its weights: one conditional pass a step
-        return self.dit, request.guidance_scale
+        """(DiT, guidance scale to sample it at) for a request (see dit_key_for)."""
+        key, guidance = self.dit_key_for(request)
+        return self.dits[key], guidance
 
     @torch.inference_mode()
-    def generate(self, request: GenerationRequest, on_step: StepCallback) -> np.ndarray:
-        """Frames as uint8 (num_frames, height, width, 3). Exceptions from on_step propagate untouched."""
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback, stages: EngineStages | None = None
+    ) -> np.ndarray:
+        """Frames as uint8 (num_frames, height, width, 3). Exceptions from on_step propagate untouched.
+        stages: where the networks run; this process's modules unless Triton's pipeline passes its own."""
+        stages = stages or self.local
         steps = request.num_steps
         latent_shape = self._latent_shape(request)
 
-        dit, guidance = self.model_for(request)
+        key, guidance = self.dit_key_for(request)
         on_step(StepEvent("encoding_prompt", 0, steps))
-        cond, uncond = self._encode_prompts(request.prompt, request.negative_prompt, guidance, dit)
+        cond, uncond = self._encode_prompts(request, guidance, self.dits[key], stages)
 
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         noise = torch.randn((1, *latent_shape), generator=generator).to(self.device)  # (1, Z, T/4, H/4, W/4)
 
         def velocity(x: torch.Tensor, t: torch.Tensor, conditional: bool) -> torch.Tensor:
             text, mask = cond if conditional else uncond
-            return dit(x, t, text, mask)  # (1, Z, T/4, H/4, W/4)
+            return stages.velocity(key, x, t, text, mask)  # (1, Z, T/4, H/4, W/4)
 
         on_step(StepEvent("denoising", 0, steps))
         latents = sample(
@@ -112,7 +163,7 @@ class MiniEngine:
         )  # (1, Z, T/4, H/4, W/4)
 
         on_step(StepEvent("decoding", steps, steps))
-        video = self.vae.decode(self.vae.denormalize(latents))  # (1, 3, T, H, W) in ~[-1, 1]
+        video = stages.decode(latents)  # (1, 3, T, H, W) in ~[-1, 1]
         frames = ((video[0].float() + 1) / 2).clamp(0, 1).mul(255).round()  # (3, T, H, W)
         return frames.permute(1, 2, 3, 0).to(torch.uint8).cpu().numpy()  # (T, H, W, 3)
 
@@ -125,13 +176,13 @@ class MiniEngine:
         return self.vae.latent_shape(request.num_frames, request.height, request.width)
 
     def _encode_prompts(
-        self, prompt: str, negative_prompt: str, guidance: float, dit: VideoDiT
+        self, request: GenerationRequest, guidance: float, dit: VideoDiT, stages: EngineStages
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((text, mask) for the prompt, (text, mask) for the unconditional pass): the negative prompt
         when one is given, else the DiT's learned null prompt. The negative is only encoded if used."""
-        use_negative = guidance > 1.0 and bool(negative_prompt.strip())
-        prompts = [prompt, negative_prompt] if use_negative else [prompt]
-        text, mask = self.text_encoder(prompts)  # (P, L, 384), (P, L)
+        use_negative = guidance > 1.0 and bool(request.negative_prompt.strip())
+        prompts = [request.prompt, request.negative_prompt] if use_negative else [request.prompt]
+        text, mask = stages.encode(prompts)  # (P, L, 384), (P, L)
         cond = (text[:1], mask[:1])
         uncond = (text[1:], mask[1:]) if use_negative else dit.null_prompt(1)
         return cond, uncond

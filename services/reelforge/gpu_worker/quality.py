@@ -16,16 +16,16 @@ import random
 import threading
 from collections.abc import Callable
 
-import numpy as np
 import structlog
 
 from reelforge.observability import metrics
+from reelforge.postprocess.media import Frames  # typed in full: numpy 1.26 ndarray has no default type args
 from reelforge.training.evaluator import PromptError, evaluate_clip
 
 log = structlog.get_logger("reelforge.quality")
 
 
-def verdict(frames: np.ndarray, prompt: str) -> str:
+def verdict(frames: Frames, prompt: str) -> str:
     """accepted, rejected or unscored."""
     try:
         score = evaluate_clip(frames, prompt)
@@ -39,10 +39,10 @@ class QualitySampler:
     def __init__(self, rate: float, draw: Callable[[], float] = random.random) -> None:
         self.rate = rate
         self.draw = draw
-        self._waiting: queue.Queue[tuple[str, np.ndarray, str]] = queue.Queue(maxsize=1)
+        self._waiting: queue.Queue[tuple[str, Frames, str]] = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
 
-    def offer(self, model: str, frames: np.ndarray, prompt: str) -> bool:
+    def offer(self, model: str, frames: Frames, prompt: str) -> bool:
         """Queue the clip for scoring if it is drawn and nothing waits; True when queued."""
         if self.rate <= 0 or self.draw() >= self.rate:
             return False

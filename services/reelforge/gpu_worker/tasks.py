@@ -24,6 +24,7 @@ from reelforge.gpu_worker.quality import QualitySampler
 from reelforge.observability import metrics
 from reelforge.observability.tracing import TRACEPARENT, consume_span, tracer
 from reelforge.runtime import Runtime, get_runtime
+from reelforge.settings import Settings
 
 log = structlog.get_logger("reelforge.gpu_worker")
 
@@ -39,17 +40,28 @@ def load_engine_once(**_: Any) -> None:
     """worker_process_init hook: the GPU worker connects it, the other workers never load torch."""
     global _engine
     if _engine is None:
-        from reelforge.engine.mini import load_engine
-
         settings = get_runtime().settings
         started = time.perf_counter()
-        _engine = load_engine(
-            device=settings.engine_device, threads=settings.engine_threads, checkpoint=settings.engine_weights
-        )
-        log.info("engine_loaded", model=_engine.name, seconds=round(time.perf_counter() - started, 3))
+        _engine = _load(settings)
+        log.info("engine_loaded", model=_engine.name, backend=settings.engine_backend,
+                 seconds=round(time.perf_counter() - started, 3))
         metrics.ENGINE_LOADED.labels(_engine.name).set(1)
         if settings.ready_file:
             Path(settings.ready_file).write_text(f"{_engine.name} {_engine.version}\n")
+
+
+def _load(settings: Settings) -> VideoEngine:
+    if settings.engine_backend == "triton":
+        from reelforge.engine.triton.client import TritonEngine
+
+        engine = TritonEngine(settings.triton_url, timeout_s=settings.gpu_task_time_limit_s)
+        engine.wait_ready(settings.engine_load_timeout_s)
+        return engine
+    from reelforge.engine.mini import load_engine
+
+    return load_engine(
+        device=settings.engine_device, threads=settings.engine_threads, checkpoint=settings.engine_weights
+    )
 
 
 def connect_engine_preload() -> None:
