@@ -43,7 +43,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
 RUN uv pip install --python /opt/venv/bin/python --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md /src/
 COPY services /src/services
-RUN uv pip install --python /opt/venv/bin/python /src
+# triton-client: the worker can run its engine in process or call Triton (REELFORGE_ENGINE_BACKEND=triton).
+RUN uv pip install --python /opt/venv/bin/python "/src[triton-client]"
 
 
 # The CUDA base sets what the NVIDIA container runtime needs (NVIDIA_VISIBLE_DEVICES, driver capabilities);
@@ -70,7 +71,9 @@ CMD ["worker", "gpu", "--concurrency", "1"]
 
 
 # NVIDIA's image as it is, run as its unprivileged user; the model repository is mounted or read from S3
-# (--model-repository=s3://...). reelforge ships no Triton model repository yet.
+# (--model-repository=s3://...). reelforge's repository (services/reelforge/engine/triton/repository,
+# docs/triton.md) runs Python-backend models that import torch and reelforge: this stock image does not
+# carry them, and an image that does (reelforge + CUDA torch for the image's Python) is not written yet.
 FROM nvcr.io/nvidia/tritonserver:25.10-py3 AS triton
 USER 1000:1000
 EXPOSE 8000 8001 8002
