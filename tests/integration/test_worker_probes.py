@@ -50,9 +50,12 @@ def test_worker_health_fails_while_the_broker_is_gone_and_drain_keeps_it_passing
         "REELFORGE_READY_FILE": str(run_dir / "ready"),
     }
     # A previous run of the container in the same pod left these; they must not make the probe pass.
-    (run_dir / "ready").write_text("webhooks\n")
-    (run_dir / "heartbeat.draining").touch()
-    time.sleep(1.5)  # the kernel gives process start times to the second
+    # Dated 5 s back: the probe's idea of the process start is up to 2 s early (whole-second boot time,
+    # less a second of margin), and files younger than that would count as this run's.
+    stale = time.time() - 5
+    for name, text in (("ready", "webhooks\n"), ("heartbeat.draining", "")):
+        (run_dir / name).write_text(text)
+        os.utime(run_dir / name, (stale, stale))
     worker = ManagedProcess.spawn("worker", [sys.executable, "-m", "reelforge.cli", "worker", "webhooks"],
                                   tmp_path, {**os.environ, **env})
     probe = ("worker-health", "--max-age", MAX_AGE_S, "--pid", str(worker.pid))
