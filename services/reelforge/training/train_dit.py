@@ -74,10 +74,10 @@ def sample_batch(
 @dataclass(frozen=True)
 class DiTTrainConfig:
     # 2.5 M parameters, 5.0 MB in float16: a teacher, three students and the 8.0 MB VAE make 28 MB, under
-    # the 30 MB the package ships; a step at batch 16 took 0.53 s on 2 CPU cores (4000 steps: 37 min).
+    # the 30 MB the package ships; a step at batch 16 took 0.53 s on 2 CPU cores (5000 steps: 45 min).
     dit: DiTConfig = DiTConfig(hidden=160, depth=4, heads=2)
     # lr 1e-3: on 16 clips it had by step 300 the loss 5e-4 had at step 400 (docs/model.md, section 3).
-    optim: OptimConfig = OptimConfig(steps=4000, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50, cosine=True)
+    optim: OptimConfig = OptimConfig(steps=5000, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50, cosine=True)
     batch: int = 16
     clips: int = 4096  # encoded once; ~10 clips per training (shape, colour, motion, background)
     caption_dropout: float = 0.1  # as most text-to-image / video models train for guidance
