@@ -34,7 +34,9 @@ REELFORGE_MINI = ModelSpec(
     default_seconds="2",
     default_fps=8,
     default_steps=4,
-    default_guidance_scale=1.0,
+    # The scale the shipped students were distilled at (engine/weights/manifest.json, stages.distill): the
+    # API's defaults (4 steps, this guidance) run the 4-step student, one DiT pass a step.
+    default_guidance_scale=4.0,
 )
 
 MODELS: dict[str, ModelSpec] = {REELFORGE_MINI.name: REELFORGE_MINI}

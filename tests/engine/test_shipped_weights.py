@@ -1,0 +1,93 @@
+"""The weights the package ships (services/reelforge/engine/weights): complete, intact, small enough,
+served by default, and good enough that a plain prompt comes out as the evaluator expects."""
+
+from __future__ import annotations
+
+import pytest
+
+from reelforge.core.catalog import REELFORGE_MINI
+from reelforge.engine.checkpoints import (
+    MANIFEST,
+    TEACHER_FILE,
+    VAE_FILE,
+    read_manifest,
+    sha256_of,
+    student_file,
+)
+from reelforge.engine.interface import GenerationRequest, StepEvent
+from reelforge.engine.mini import SHIPPED_WEIGHTS, MiniEngine
+from reelforge.training.clips import sample_specs
+from reelforge.training.evaluator import evaluate_clip
+from reelforge.training.train_vae import reconstruction_metrics
+
+FILES = (VAE_FILE, TEACHER_FILE, student_file(4), student_file(2), student_file(1))
+PROMPT = "a red circle moving right on a black background"
+
+
+@pytest.fixture(scope="module")
+def engine() -> MiniEngine:
+    return MiniEngine()
+
+
+def default_request(prompt: str, seed: int) -> GenerationRequest:
+    """What the gateway sends the worker for a request that sets nothing but the prompt."""
+    width, height = (int(v) for v in REELFORGE_MINI.default_size.split("x"))
+    return GenerationRequest(
+        prompt=prompt,
+        negative_prompt="",
+        width=width,
+        height=height,
+        num_frames=int(REELFORGE_MINI.default_seconds) * REELFORGE_MINI.default_fps,
+        fps=REELFORGE_MINI.default_fps,
+        num_steps=REELFORGE_MINI.default_steps,
+        guidance_scale=REELFORGE_MINI.default_guidance_scale,
+        seed=seed,
+    )
+
+
+def test_every_file_matches_its_manifest_and_all_fit_in_30_mb() -> None:
+    manifest = read_manifest(SHIPPED_WEIGHTS)
+    for name in FILES:
+        path = SHIPPED_WEIGHTS / name
+        assert path.is_file(), f"{name} is not shipped"
+        assert manifest["files"][name]["sha256"] == sha256_of(path)
+    total = sum((SHIPPED_WEIGHTS / name).stat().st_size for name in FILES)
+    assert total == manifest["total_bytes"] <= 30 * 10**6
+    assert (SHIPPED_WEIGHTS / MANIFEST).stat().st_size < 64 * 1024
+
+
+def test_manifest_records_how_each_stage_was_made() -> None:
+    manifest = read_manifest(SHIPPED_WEIGHTS)
+    for stage in ("vae", "teacher", "distill"):
+        entry = manifest["stages"][stage]
+        assert entry["config"] == "default"
+        assert entry["code_commit"], f"{stage} has no code commit"
+        assert entry["seconds"] > 0
+    evaluation = manifest["eval"]
+    assert evaluation["prompts"] >= 200
+    assert set(evaluation["rows"]) >= {
+        "teacher@50", "teacher@4", "student@4", "student@2", "student@1"
+    }  # fmt: skip
+
+
+def test_default_request_is_served_by_the_4_step_student(engine: MiniEngine) -> None:
+    assert engine.version.startswith("weights+")
+    assert engine.distilled_guidance == REELFORGE_MINI.default_guidance_scale
+    key, guidance = engine.dit_key_for(default_request(PROMPT, seed=0))
+    assert (key, guidance) == (4, 1.0)  # one conditional pass per step, guidance in the weights
+
+
+def test_the_readme_prompt_comes_out_as_asked(engine: MiniEngine) -> None:
+    events: list[StepEvent] = []
+    accepted = 0
+    for seed in range(4):
+        frames = engine.generate(default_request(PROMPT, seed), events.append)
+        score = evaluate_clip(frames, PROMPT)
+        accepted += score.colour_ok and score.direction_ok and score.background_ok
+    assert [e.step for e in events if e.phase == "denoising"][:5] == [0, 1, 2, 3, 4]
+    assert accepted >= 3, f"only {accepted} of 4 seeds gave a red object moving right on black"
+
+
+def test_vae_round_trip_keeps_held_out_clips(engine: MiniEngine) -> None:
+    metrics = reconstruction_metrics(engine.vae, sample_specs(8, seed=123, split="heldout"), batch=4)
+    assert metrics["psnr_db"] >= 25.0, metrics
