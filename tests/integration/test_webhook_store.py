@@ -1,0 +1,83 @@
+"""The webhook delivery store on a real redis-server: claims drop duplicates, the schedule hands out due
+attempts once per lease, replay, tenant isolation, secret rotation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis import Redis
+
+from reelforge.core.deliveries import SCHEDULE_KEY, DeliveryStore
+from reelforge.core.tenants import TenantRegistry
+
+pytestmark = pytest.mark.integration
+
+STATE = {"event_id": "msg_v1_completed", "job_id": "v1", "tenant": "acme", "type": "video.completed",
+         "url": "https://hooks.example/h", "traceparent": ""}
+EVENT = STATE["event_id"]
+
+
+@pytest.fixture()
+def deliveries(redis_server: Redis) -> DeliveryStore:
+    redis_server.flushdb()
+    return DeliveryStore(redis_server, ttl_s=3600)
+
+
+def _record(attempt: int) -> dict[str, object]:
+    return {"event_id": EVENT, "type": "video.completed", "attempt": attempt, "at": 0, "outcome": "server_error"}
+
+
+def test_a_duplicate_or_stale_attempt_is_not_claimed(deliveries: DeliveryStore) -> None:
+    assert deliveries.claim(EVENT, 1, 60, STATE)
+    assert not deliveries.claim(EVENT, 1, 60, STATE), "a second copy while the first holds the lease"
+    assert not deliveries.claim(EVENT, 2, 60, STATE), "not attempt 2's turn yet"
+    deliveries.finish(EVENT, _record(1), "pending", next_at_ms=0)
+    assert not deliveries.claim(EVENT, 1, 60, STATE), "attempt 1 is over"
+    assert deliveries.claim(EVENT, 2, 60, STATE)
+    deliveries.finish(EVENT, {**_record(2), "outcome": "delivered"}, "delivered")
+    assert not deliveries.claim(EVENT, 3, 60, STATE)
+    delivery = deliveries.get("acme", EVENT)
+    assert delivery is not None and delivery["status"] == "delivered" and len(delivery["attempts"]) == 2
+
+
+def test_due_attempts_are_handed_out_once_per_lease_and_again_if_never_claimed(deliveries: DeliveryStore) -> None:
+    assert deliveries.claim(EVENT, 1, 60, STATE)
+    deliveries.finish(EVENT, _record(1), "pending", next_at_ms=0)
+    due = deliveries.take_due(lease_s=0.2)
+    assert [(d.message.event_id, d.message.attempt) for d in due] == [(EVENT, 2)]
+    assert deliveries.take_due(lease_s=0.2) == []  # taken: its entry waits for the lease
+    time.sleep(0.3)  # the message was lost before any worker claimed it
+    assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [2]
+
+
+def test_a_worker_that_died_mid_attempt_is_replaced_after_its_lease(deliveries: DeliveryStore) -> None:
+    assert deliveries.claim(EVENT, 1, 0.2, STATE)
+    assert deliveries.take_due(lease_s=60) == []
+    time.sleep(0.3)
+    assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [1]
+    assert deliveries.claim(EVENT, 1, 60, STATE)
+
+
+def test_replay_restarts_an_ended_event_for_its_tenant_only(deliveries: DeliveryStore, redis_server: Redis) -> None:
+    assert deliveries.claim(EVENT, 1, 60, STATE)
+    deliveries.finish(EVENT, _record(1), "dead_lettered")
+    assert redis_server.zscore(SCHEDULE_KEY, EVENT) is None
+    assert not deliveries.replay("someone-else", EVENT) and deliveries.get("someone-else", EVENT) is None
+    assert deliveries.replay("acme", EVENT)
+    assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [1]
+    assert deliveries.claim(EVENT, 1, 60, STATE)
+    delivery = deliveries.get("acme", EVENT)
+    assert delivery is not None and delivery["status"] == "pending" and delivery["replays"] == 1
+
+
+def test_rotation_keeps_the_old_secret_for_the_overlap_only(redis_server: Redis) -> None:
+    registry = TenantRegistry(redis_server)
+    registry.ensure_tenant("acme")
+    first = registry.webhook_secret("acme")
+    second, until = registry.rotate_webhook_secret("acme", overlap_s=0.3)
+    assert registry.webhook_signing_secrets("acme") == [second, first] and until > 0
+    time.sleep(0.4)
+    assert registry.webhook_signing_secrets("acme") == [second]
+    third, _ = registry.rotate_webhook_secret("acme", overlap_s=0)
+    assert registry.webhook_signing_secrets("acme") == [third]
