@@ -13,7 +13,7 @@ from reelforge.core.tenants import TenantRegistry
 
 pytestmark = pytest.mark.integration
 
-STATE = {"event_id": "msg_v1_completed", "job_id": "v1", "tenant": "acme", "type": "video.completed",
+STATE = {"event_id": "msg_video_01ab_completed", "job_id": "video_01ab", "tenant": "acme", "type": "video.completed",
          "url": "https://hooks.example/h", "traceparent": ""}
 EVENT = STATE["event_id"]
 
@@ -64,6 +64,8 @@ def test_replay_restarts_an_ended_event_for_its_tenant_only(deliveries: Delivery
     deliveries.finish(EVENT, _record(1), "dead_lettered")
     assert redis_server.zscore(SCHEDULE_KEY, EVENT) is None
     assert not deliveries.replay("someone-else", EVENT) and deliveries.get("someone-else", EVENT) is None
+    for not_an_event in ("schedule", f"{EVENT}:attempts", "msg_video_01ab_completed:attempts"):
+        assert deliveries.get("acme", not_an_event) is None and not deliveries.replay("acme", not_an_event)
     assert deliveries.replay("acme", EVENT)
     assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [1]
     assert deliveries.claim(EVENT, 1, 60, STATE)

@@ -128,3 +128,7 @@ def test_a_video_without_a_webhook_has_no_delivery(api: httpx.Client) -> None:
     video = api.post("/v1/videos", json={"prompt": "a red circle", "num_steps": 1}).json()
     wait_terminal(api, video["id"])
     assert api.get(f"/v1/webhooks/deliveries/msg_{video['id']}_completed").status_code == 404
+    for not_an_event in ("schedule", f"msg_{video['id']}_completed:attempts", "%FF%00"):
+        assert api.get(f"/v1/webhooks/deliveries/{not_an_event}").status_code == 404
+        assert api.post(f"/v1/webhooks/deliveries/{not_an_event}/replay").status_code == 404
+    assert api.get("/v1/webhooks/deliveries", params={"after": "schedule"}).status_code == 400

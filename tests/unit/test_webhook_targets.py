@@ -51,6 +51,8 @@ def test_every_corpus_url_is_refused_with_a_400_naming_webhook_url(url: str) -> 
     ("https://169.254.169.254/", "link-local"),
     ("https://[::ffff:127.0.0.1]/", "wrapped in the IPv6 address"),
     ("https://100.64.0.1/", "carrier-grade NAT"),
+    ("https://example.com/a\x00b", "control character"),
+    ("https://exämple.com/", "xn--"),
 ])
 def test_the_message_says_what_is_wrong_and_what_to_change(url: str, advice: str) -> None:
     with pytest.raises(UnsafeWebhookURL, match=advice):

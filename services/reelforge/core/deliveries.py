@@ -17,6 +17,7 @@ The scripts read the state hash by a key built inside Lua: one Redis server, not
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,6 +29,9 @@ from reelforge.core.jobs import now_ms
 from reelforge.core.store import DEAD_LETTER_MAX, PREFIX, as_text, dead_letter_key, lex_page
 
 SCHEDULE_KEY = f"{PREFIX}:webhook:schedule"
+# What Publisher.webhook makes (msg_<job id>_<status>); anything else a client sends is no event of ours,
+# and must not become a key that names another structure (the schedule, an attempts list).
+EVENT_ID = re.compile(r"^msg_video_[0-9a-f]{1,64}_(completed|failed|cancelled)$")
 LOG_MAX_PER_TENANT = 10_000
 DeliveryStatus = Literal["pending", "delivered", "dead_lettered", "endpoint_disabled"]
 
@@ -155,10 +159,14 @@ class DeliveryStore:
     def replay(self, tenant: str, event_id: str) -> bool:
         """Send the event again (same webhook-id): now, or as a new run of attempts once it has ended.
         False when the tenant has no such event."""
+        if not EVENT_ID.match(event_id):
+            return False
         return int(self._replay(keys=[state_key(event_id), SCHEDULE_KEY], args=[event_id, tenant, now_ms()])) > 0
 
     def get(self, tenant: str, event_id: str) -> dict[str, Any] | None:
         """The delivery with all its attempts, or None when the tenant has no such event."""
+        if not EVENT_ID.match(event_id):
+            return None
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(state_key(event_id))
         pipe.lrange(attempts_key(event_id), 0, -1)

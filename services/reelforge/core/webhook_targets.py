@@ -58,6 +58,9 @@ def parse_target(url: str, policy: TargetPolicy) -> WebhookTarget:
         raise UnsafeWebhookURL(f"the URL is {len(url)} characters; use one of at most {MAX_URL_CHARS}")
     if any(ch.isspace() or ord(ch) < 0x20 or ch == "\\" for ch in url):
         raise UnsafeWebhookURL("the URL contains whitespace, a control character or a backslash; remove them")
+    if not url.isascii():
+        raise UnsafeWebhookURL("the URL has non-ASCII characters; write the host in its ASCII (xn--) form and "
+                               "percent-encode the path")
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -110,6 +110,9 @@ def _post(settings: Settings, url: str, payload: str, headers: dict[str, str],
             refused = True
         except http.TRANSPORT_ERRORS as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"[:RESPONSE_EXCERPT_BYTES]
+        except Exception as exc:  # a bug of ours: the attempt still counts, so the event still ends
+            log.exception("webhook_attempt_crashed")
+            record["error"] = f"internal error: {type(exc).__name__}"
     seconds = time.perf_counter() - started
     record["duration_ms"] = round(seconds * 1000, 1)
     record["outcome"] = attempt_outcome(record.get("status_code"), refused)
