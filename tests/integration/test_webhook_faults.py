@@ -26,10 +26,10 @@ from redis import Redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reelforge.core.store import dead_letter_key
-from reelforge.core.tenants import TenantRegistry
 from reelforge.devstack.processes import free_port
 from reelforge.devstack.stack import Stack
 from tests.integration.conftest import WEBHOOK_TEST_SCHEDULE, WebhookReceiver, wait_delivery, wait_terminal
+from tests.integration.test_video_lifecycle import done_tenant, stack_secret
 
 pytestmark = pytest.mark.integration
 
@@ -61,10 +61,7 @@ class Tally:
 
 
 def _secret(stack: Stack, api: httpx.Client) -> str:
-    registry = TenantRegistry(Redis.from_url(stack.info["redis_url"]))
-    principal = registry.authenticate(api.headers["authorization"].split(" ", 1)[1])
-    assert principal is not None
-    return registry.webhook_secret(principal.tenant)
+    return stack_secret(stack, done_tenant(stack, api))
 
 
 def _create(api: httpx.Client, tally: Tally, url: str) -> str | None:

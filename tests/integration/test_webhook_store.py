@@ -3,9 +3,11 @@ attempts once per lease, replay, tenant isolation, secret rotation."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from click.testing import CliRunner
 from redis import Redis
 
 from reelforge.core.deliveries import SCHEDULE_KEY, DeliveryStore
@@ -83,3 +85,31 @@ def test_rotation_keeps_the_old_secret_for_the_overlap_only(redis_server: Redis)
     assert registry.webhook_signing_secrets("acme") == [second]
     third, _ = registry.rotate_webhook_secret("acme", overlap_s=0)
     assert registry.webhook_signing_secrets("acme") == [third]
+
+
+def test_the_cli_rotates_a_tenants_secret_and_enables_an_endpoint(
+    redis_server: Redis, deliveries: DeliveryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reelforge.cli import main
+    from reelforge.settings import get_settings
+
+    port = redis_server.connection_pool.connection_kwargs["port"]
+    monkeypatch.setenv("REELFORGE_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    get_settings.cache_clear()
+    try:
+        unknown = CliRunner().invoke(main, ["webhooks", "rotate-secret", "--tenant", "nobody"])
+        assert unknown.exit_code == 2 and "reelforge keys create" in unknown.output
+        registry = TenantRegistry(redis_server)
+        registry.ensure_tenant("acme")
+        old = registry.webhook_secret("acme")
+        rotated = CliRunner().invoke(main, ["webhooks", "rotate-secret", "--tenant", "acme", "--overlap-hours", "2"])
+        assert rotated.exit_code == 0, rotated.output
+        assert registry.webhook_signing_secrets("acme") == [json.loads(rotated.output)["webhook_secret"], old]
+
+        enable = ["webhooks", "enable-endpoint", "--tenant", "acme", "--url", STATE["url"]]
+        assert CliRunner().invoke(main, enable).exit_code == 2  # not disabled
+        deliveries.disable_endpoint("acme", STATE["url"], EVENT, 410)
+        assert CliRunner().invoke(main, enable).exit_code == 0
+        assert not deliveries.endpoint_disabled("acme", STATE["url"])
+    finally:
+        get_settings.cache_clear()

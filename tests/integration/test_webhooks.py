@@ -10,8 +10,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reelforge.devstack.stack import Stack
-from tests.integration.conftest import WebhookReceiver, wait_delivery, wait_terminal
-from tests.integration.test_video_lifecycle import stack_secret, tenant_of
+from tests.integration.conftest import WebhookReceiver, new_tenant_key, wait_delivery, wait_terminal
+from tests.integration.test_video_lifecycle import done_tenant, stack_secret
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,11 @@ def test_the_delivery_log_is_per_tenant_and_paginated(api: httpx.Client, stack: 
     assert api.get("/v1/webhooks/deliveries", params={"after": "msg_nope"}).status_code == 400
 
     with httpx.Client(base_url=stack.info["gateway_url"], timeout=30,
-                      headers={"Authorization": f"Bearer {new_key(stack, 'other-tenant-hooks')}"}) as other:
+                      headers={"Authorization": f"Bearer {new_tenant_key(stack, 'other-tenant-hooks')}"}) as other:
         assert other.get("/v1/webhooks/deliveries").json()["data"] == []
         for answer in (other.get(f"/v1/webhooks/deliveries/{events[0]}"),
                        other.post(f"/v1/webhooks/deliveries/{events[0]}/replay")):
             assert answer.status_code == 404 and answer.json()["error"]["param"] == "event_id"
-
-
-def new_key(stack: Stack, tenant: str) -> str:
-    from tests.integration.conftest import new_tenant_key
-
-    return new_tenant_key(stack, tenant)
 
 
 def test_410_gone_disables_the_endpoint_until_enabled_then_replay_delivers(
@@ -94,7 +88,7 @@ def test_redirects_are_not_followed_and_retry_after_is_honoured(api: httpx.Clien
 def test_a_rotated_secret_signs_alongside_the_old_one_during_the_overlap(
     api: httpx.Client, stack: Stack, hooks: WebhookReceiver
 ) -> None:
-    old = stack_secret(stack, tenant_of(api, stack))
+    old = stack_secret(stack, done_tenant(stack, api))
     rotated = api.post("/v1/webhooks/secret/rotate", json={"overlap_hours": 1}).json()
     new = rotated["secret"]
     assert new.startswith("whsec_") and new != old and rotated["previous_secret_valid_until"] > 0
