@@ -33,6 +33,7 @@ def _record(attempt: int) -> dict[str, object]:
 def test_a_duplicate_or_stale_attempt_is_not_claimed(deliveries: DeliveryStore) -> None:
     assert deliveries.claim(EVENT, 1, 60, STATE)
     assert not deliveries.claim(EVENT, 1, 60, STATE), "a second copy while the first holds the lease"
+    assert deliveries.take_due(lease_s=60) == [], "nor is it published again meanwhile"
     assert not deliveries.claim(EVENT, 2, 60, STATE), "not attempt 2's turn yet"
     deliveries.finish(EVENT, _record(1), "pending", next_at_ms=0)
     assert not deliveries.claim(EVENT, 1, 60, STATE), "attempt 1 is over"
@@ -48,17 +49,17 @@ def test_due_attempts_are_handed_out_once_per_lease_and_again_if_never_claimed(d
     deliveries.finish(EVENT, _record(1), "pending", next_at_ms=0)
     due = deliveries.take_due(lease_s=0.2)
     assert [(d.message.event_id, d.message.attempt) for d in due] == [(EVENT, 2)]
-    assert deliveries.take_due(lease_s=0.2) == []  # taken: its entry waits for the lease
-    time.sleep(0.3)  # the message was lost before any worker claimed it
+    time.sleep(0.3)  # the message was lost before any worker claimed it, and the lease ran out
     assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [2]
+    assert deliveries.take_due(lease_s=60) == []  # taken again: it waits for the new lease
 
 
 def test_a_worker_that_died_mid_attempt_is_replaced_after_its_lease(deliveries: DeliveryStore) -> None:
     assert deliveries.claim(EVENT, 1, 0.2, STATE)
-    assert deliveries.take_due(lease_s=60) == []
-    time.sleep(0.3)
+    time.sleep(0.3)  # no finish(): the worker died
     assert [d.message.attempt for d in deliveries.take_due(lease_s=60)] == [1]
     assert deliveries.claim(EVENT, 1, 60, STATE)
+    assert not deliveries.claim(EVENT, 1, 60, STATE)
 
 
 def test_replay_restarts_an_ended_event_for_its_tenant_only(deliveries: DeliveryStore, redis_server: Redis) -> None:
@@ -79,12 +80,13 @@ def test_rotation_keeps_the_old_secret_for_the_overlap_only(redis_server: Redis)
     registry = TenantRegistry(redis_server)
     registry.ensure_tenant("acme")
     first = registry.webhook_secret("acme")
-    second, until = registry.rotate_webhook_secret("acme", overlap_s=0.3)
-    assert registry.webhook_signing_secrets("acme") == [second, first] and until > 0
-    time.sleep(0.4)
-    assert registry.webhook_signing_secrets("acme") == [second]
-    third, _ = registry.rotate_webhook_secret("acme", overlap_s=0)
-    assert registry.webhook_signing_secrets("acme") == [third]
+    second, until = registry.rotate_webhook_secret("acme", overlap_s=3600)
+    assert registry.webhook_signing_secrets("acme") == [second, first] and until >= time.time() + 3500
+    third, _ = registry.rotate_webhook_secret("acme", overlap_s=0.2)
+    time.sleep(0.3)  # second's overlap is over, first's is not
+    assert registry.webhook_signing_secrets("acme") == [third, first]
+    fourth, _ = registry.rotate_webhook_secret("acme", overlap_s=0)
+    assert registry.webhook_signing_secrets("acme") == [fourth, first]
 
 
 def test_the_cli_rotates_a_tenants_secret_and_enables_an_endpoint(
