@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
+    from reelforge.core.tenants import TenantRegistry
     from reelforge.worker_health import Heartbeat
 
 DEFAULT_DATA_DIR = Path(".reelforge")
@@ -199,17 +200,19 @@ def triton(grpc_port: int, http_port: int, metrics_port: int, work_dir: Path) ->
 
 @main.command()
 def relay() -> None:
-    """Run the outbox relay: persisted jobs -> Celery GPU queues."""
+    """Run the outbox relay: persisted jobs -> Celery GPU queues, due webhook retries -> webhooks queue."""
     from reelforge.logging import configure_logging
     from reelforge.observability.tracing import configure_tracing
     from reelforge.relay.outbox import run
     from reelforge.runtime import get_runtime
+    from reelforge.webhooks.tasks import claim_lease_s
 
     configure_logging()
     stop = _stop_on_signals()
     rt = get_runtime()
     configure_tracing("relay", rt.settings)
-    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat())
+    run(rt.redis, rt.publisher, stop, rt.settings.ready_file, _heartbeat(),
+        webhooks=(rt.deliveries, claim_lease_s(rt.settings)))
 
 
 @main.command()
@@ -346,6 +349,50 @@ def keys_import(tenant: str, name: str, api_key: str) -> None:
     except InvalidKey as exc:
         raise click.BadParameter(str(exc), param_hint="--api-key") from None
     click.echo(json.dumps({"tenant": tenant, "key_id": key_id}))
+
+
+@main.group()
+def webhooks() -> None:
+    """Manage a tenant's webhooks: signing-secret rotation, disabled endpoints."""
+
+
+@webhooks.command("rotate-secret")
+@click.option("--tenant", required=True)
+@click.option("--overlap-hours", type=click.FloatRange(min=0, max=30 * 24), default=24.0, show_default=True,
+              help="How long the current secret keeps signing too (every webhook then carries both signatures).")
+def webhooks_rotate_secret(tenant: str, overlap_hours: float) -> None:
+    """Give TENANT a new webhook signing secret; prints it once."""
+    registry = _registry()
+    if not registry.tenant_exists(tenant):
+        raise click.BadParameter(f"no tenant {tenant!r}; create it with `reelforge keys create --tenant`",
+                                 param_hint="--tenant")
+    secret, previous_until = registry.rotate_webhook_secret(tenant, overlap_hours * 3600)
+    click.echo(json.dumps({"tenant": tenant, "webhook_secret": secret,
+                           "previous_secret_valid_until": previous_until if overlap_hours > 0 else None}))
+
+
+@webhooks.command("enable-endpoint")
+@click.option("--tenant", required=True)
+@click.option("--url", required=True, help="The webhook URL that answered 410 Gone.")
+def webhooks_enable_endpoint(tenant: str, url: str) -> None:
+    """Send TENANT's events to URL again after it answered 410 Gone (replay the skipped ones after)."""
+    from reelforge.core.deliveries import DeliveryStore
+    from reelforge.settings import get_settings
+
+    settings = get_settings()
+    deliveries = DeliveryStore(_registry().redis, settings.asset_ttl_s)
+    if not deliveries.enable_endpoint(tenant, url):
+        raise click.BadParameter(f"{url} is not disabled for tenant {tenant!r}", param_hint="--url")
+    click.echo(json.dumps({"tenant": tenant, "url": url, "disabled": False}))
+
+
+def _registry() -> TenantRegistry:
+    from redis import Redis
+
+    from reelforge.core.tenants import TenantRegistry
+    from reelforge.settings import get_settings
+
+    return TenantRegistry(Redis.from_url(get_settings().redis_url))
 
 
 @main.command("storage-init")

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from reelforge.celery_app import celery_app
+from reelforge.core.deliveries import DeliveryStore
 from reelforge.core.lifecycle import Publisher
 from reelforge.core.storage import ObjectStore
 from reelforge.core.store import JobStore
@@ -29,6 +30,7 @@ class Runtime:
     tenants: TenantRegistry
     storage: ObjectStore
     publisher: Publisher
+    deliveries: DeliveryStore
 
 
 # A restarted or failed-over Redis closes every pooled connection; without retry_on_error redis-py
@@ -72,4 +74,5 @@ def get_runtime() -> Runtime:
         tenants=TenantRegistry(redis),
         storage=build_storage(settings),
         publisher=Publisher(celery_app),
+        deliveries=DeliveryStore(redis, settings.asset_ttl_s),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,10 +61,19 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 64 * 1024
 
-    webhook_timeout_s: float = 15.0
-    webhook_max_attempts: int = Field(default=5, ge=1)
-    # Backoff between webhook attempts; later issues replace it by the Standard Webhooks schedule.
-    webhook_backoff_s: list[float] = [1.0, 5.0, 30.0, 300.0]
+    webhook_timeout_s: float = Field(default=15.0, gt=0, description="connect, send and read budget of one attempt")
+    webhook_retry_schedule_s: list[Annotated[float, Field(ge=0)]] = Field(
+        default=[0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400], min_length=1,
+        description="seconds before each attempt, counted from the previous one's end (Standard Webhooks: "
+        "immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h); its length is the number of attempts",
+    )
+    webhook_retry_jitter: float = Field(default=0.1, ge=0, le=0.5,
+                                        description="each delay is drawn uniformly within +-this fraction of it")
+    webhook_retry_after_max_s: float = Field(default=86400, ge=0,
+                                             description="the longest Retry-After (on 429/503) that is honoured")
+    webhook_allow_private: bool = Field(
+        default=False, description="development only: allow http:// and loopback or private webhook targets "
+        "(refused in production)")
 
     quality_sample_rate: float = Field(default=0.05, ge=0.0, le=1.0,
                                        description="share of clips the GPU worker scores for quality acceptance")
@@ -88,10 +97,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
-        if self.environment == "production" and self.s3_secret_access_key == "reelforge-secret":
+        if self.environment != "production":
+            return self
+        if self.s3_secret_access_key == "reelforge-secret":
             raise ValueError(
                 "REELFORGE_S3_SECRET_ACCESS_KEY is the development default; set a real secret "
                 "or REELFORGE_ENVIRONMENT=development"
+            )
+        if self.webhook_allow_private:
+            raise ValueError(
+                "REELFORGE_WEBHOOK_ALLOW_PRIVATE lets webhooks reach internal addresses over plain http; "
+                "unset it, or set REELFORGE_ENVIRONMENT=development"
             )
         return self
 

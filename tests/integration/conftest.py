@@ -23,10 +23,12 @@ from redis import Redis
 
 from reelforge.core.storage import ObjectStore
 from reelforge.core.tenants import TenantRegistry
-from reelforge.devstack.processes import free_port
+from reelforge.devstack.processes import free_port, start_redis
 from reelforge.devstack.stack import Stack, StackConfig, start_stack
 
 TERMINAL = {"completed", "failed", "cancelled"}
+# Five attempts, the Standard Webhooks schedule shrunk to seconds (the relay adds up to 1 s to each wait).
+WEBHOOK_TEST_SCHEDULE = "[0, 0.3, 0.5, 1, 1]"
 GPU_IN_FLIGHT = 'reelforge_jobs_in_flight{stage="gpu"}'
 
 
@@ -35,19 +37,22 @@ class QuietHandler(BaseHTTPRequestHandler):
         pass
 
 
-def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
-    """A threaded HTTP server on a free loopback port, serving in the background; -> (server, base URL)."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+def serve_on_loopback(handler: type[BaseHTTPRequestHandler], port: int = 0) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded HTTP server on loopback (a free port unless one is given), serving in the background;
+    -> (server, base URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 class WebhookReceiver:
-    """Records every delivery; answers with the status codes queued in `script` (default 204)."""
+    """Records every delivery with the status it answered: the next of `script` (a status, or a status
+    and headers), else `status` (204)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.deliveries: list[dict[str, Any]] = []
-        self.script: list[int] = []
+        self.script: list[int | tuple[int, dict[str, str]]] = []
+        self.status = 204
         self.lock = threading.Lock()
         receiver = self
 
@@ -55,14 +60,16 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
-                    receiver.deliveries.append(
-                        {"path": self.path, "headers": dict(self.headers.items()), "body": body.decode()})
-                    status = receiver.script.pop(0) if receiver.script else 204
+                    step = receiver.script.pop(0) if receiver.script else receiver.status
+                    status, headers = step if isinstance(step, tuple) else (step, {})
+                    receiver.deliveries.append({"path": self.path, "headers": dict(self.headers.items()),
+                                                "body": body.decode(), "status": status, "at": time.monotonic()})
                 self.send_response(status)
-                self.send_header("content-length", "0")
+                for name, value in {**headers, "content-length": "0"}.items():
+                    self.send_header(name, value)
                 self.end_headers()
 
-        self.server, self.url = serve_on_loopback(Handler)
+        self.server, self.url = serve_on_loopback(Handler, port)
 
     def for_job(self, job_id: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -120,13 +127,23 @@ def _flat_spans(request: ExportTraceServiceRequest) -> Iterator[dict[str, Any]]:
 
 def running_stack(factory: pytest.TempPathFactory, name: str, stack_config: dict[str, Any] | None = None,
                   **extra_env: str) -> Iterator[Stack]:
-    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests.
+    """A whole stack on free ports under a fresh data dir, with webhook retries fast enough for tests
+    (WEBHOOK_TEST_SCHEDULE).
     stack_config: extra StackConfig fields (the Triton backend, say)."""
-    env = {"REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 0.3, 0.3]", "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "3", **extra_env}
+    env = {"REELFORGE_WEBHOOK_RETRY_SCHEDULE_S": WEBHOOK_TEST_SCHEDULE, **extra_env}
     running = start_stack(StackConfig(data_dir=factory.mktemp(name), gateway_port=free_port(), env=env,
                                       **(stack_config or {})))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    """A redis-server of the test module's own, without the rest of the stack."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    yield Redis(port=port)
+    proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -209,3 +226,18 @@ def wait_until(client: httpx.Client, video_id: str, predicate: Any, timeout: flo
             return video
         time.sleep(0.05)
     raise AssertionError(f"condition not reached for {video_id}: {video}")
+
+
+def wait_delivery(client: httpx.Client, event_id: str, status: str, timeout: float = 60,
+                  min_attempts: int = 1) -> dict[str, Any]:
+    """The tenant's delivery-log entry of a webhook event once it has reached status (and made at
+    least min_attempts attempts)."""
+    deadline = time.monotonic() + timeout
+    delivery: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = client.get(f"/v1/webhooks/deliveries/{event_id}")
+        delivery = answer.json() if answer.status_code == 200 else {}
+        if delivery.get("status") == status and len(delivery["attempts"]) >= min_attempts:
+            return delivery
+        time.sleep(0.05)
+    raise AssertionError(f"webhook delivery {event_id} not {status} after {timeout} s: {delivery}")

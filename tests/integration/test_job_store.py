@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,8 @@ from reelforge.core.contracts import ErrorCode, Phase, Priority, Status
 from reelforge.core.jobs import JobRecord
 from reelforge.core.store import OUTBOX_KEY, IdempotencyConflict, JobStore, dead_letter_key
 from reelforge.core.videos import new_job
-from reelforge.devstack.processes import free_port, start_redis
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield Redis(port=port)
-    proc.stop()
 
 
 @pytest.fixture()
@@ -144,7 +134,7 @@ def test_a_job_failing_every_attempt_ends_failed_with_a_clear_code(
 
     settings = Settings(environment="development", max_attempts=2)
     rt = Runtime(settings=settings, redis=redis_server, store=store, tenants=None,  # type: ignore[arg-type]
-                 storage=None, publisher=Publisher(create_celery(settings)))  # type: ignore[arg-type]
+                 storage=None, publisher=Publisher(create_celery(settings)), deliveries=None)  # type: ignore[arg-type]
     record, _ = store.create(job())
     assert run_generate(rt, ExplodingEngine(), record.id) is False  # attempt 1: retry
     assert run_generate(rt, ExplodingEngine(), record.id) is True  # attempt 2: give up
@@ -165,7 +155,7 @@ def test_a_job_whose_workers_keep_dying_ends_max_attempts_exceeded(store: JobSto
 
     settings = Settings(environment="development", max_attempts=2)
     rt = Runtime(settings=settings, redis=redis_server, store=store, tenants=None,  # type: ignore[arg-type]
-                 storage=None, publisher=Publisher(create_celery(settings)))  # type: ignore[arg-type]
+                 storage=None, publisher=Publisher(create_celery(settings)), deliveries=None)  # type: ignore[arg-type]
     record, _ = store.create(job())
     store.start_gpu_attempt(record.id)  # two attempts whose worker process was killed mid-run
     store.start_gpu_attempt(record.id)

@@ -44,7 +44,7 @@ def test_defaults_come_from_the_model_spec() -> None:
         ({"prompt": "ok", "guidance_scale": 50}, "guidance_scale", "between 0"),
         ({"prompt": "ok", "metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "16"),
         ({"prompt": "ok", "metadata": {"k": 1}}, "metadata.k", "string"),
-        ({"prompt": "ok", "webhook_url": "ftp://example.com/x"}, "webhook_url", "http(s)"),
+        ({"prompt": "ok", "webhook_url": "ftp://example.com/x"}, "webhook_url", "https://"),
         ({"prompt": "ok", "priority": "urgent"}, "priority", "interactive"),
         ({"prompt": "ok", "colour": "red"}, "colour", "Unrecognized"),
         ({}, "prompt", "Missing required"),

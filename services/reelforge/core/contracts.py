@@ -117,12 +117,13 @@ EVENT_TYPE_BY_STATUS: dict[Status, WebhookEventType] = {
 
 
 class WebhookMessage(BaseModel):
-    """webhooks queue: deliver one event for one job."""
+    """webhooks queue: one delivery attempt of one event for one job."""
 
     v: Literal[1] = 1
     job_id: str
     event_id: str
     type: WebhookEventType
+    attempt: int = Field(default=1, ge=1, description="1 for the first attempt; retries come from the schedule")
 
 
 class WebhookEvent(BaseModel):

@@ -63,11 +63,14 @@ class Publisher:
         if status not in TERMINAL_STATUSES or not job.webhook_url:
             return
         event_type = EVENT_TYPE_BY_STATUS[status]
-        message = WebhookMessage(job_id=job.id, event_id=f"msg_{job.id}_{status}", type=event_type)
-        with publish_span(QUEUE_WEBHOOKS, job.traceparent):
-            self.celery.send_task(
-                TASK_WEBHOOK, args=[message.model_dump()], queue=QUEUE_WEBHOOKS, task_id=message.event_id
-            )
+        self.webhook_attempt(WebhookMessage(job_id=job.id, event_id=f"msg_{job.id}_{status}", type=event_type),
+                             job.traceparent)
+
+    def webhook_attempt(self, message: WebhookMessage, traceparent: str | None) -> None:
+        """One attempt: the first straight from end_job, the others from the retry schedule (the relay)."""
+        with publish_span(QUEUE_WEBHOOKS, traceparent):
+            self.celery.send_task(TASK_WEBHOOK, args=[message.model_dump()], queue=QUEUE_WEBHOOKS,
+                                  task_id=f"{message.event_id}.{message.attempt}")
 
 
 def end_job(

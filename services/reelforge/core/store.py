@@ -108,6 +108,17 @@ def _record(fields: Mapping[bytes | str, bytes | str]) -> JobRecord:
     return JobRecord.from_hash({as_text(k): as_text(v) for k, v in fields.items()})
 
 
+def lex_page(redis: Redis, index: str, after: str | None, limit: int,
+             order: Literal["asc", "desc"]) -> tuple[list[str], bool]:
+    """One page of a sorted set of time-ordered ids (all scored 0, so in lexicographic order) after the
+    cursor `after`: (ids, whether more follow)."""
+    if order == "asc":
+        ids = redis.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
+    else:
+        ids = redis.zrevrangebylex(index, f"({after}" if after else "+", "-", start=0, num=limit + 1)
+    return [as_text(i) for i in ids[:limit]], len(ids) > limit
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
@@ -170,15 +181,10 @@ class JobStore:
     def list(
         self, tenant: str, after: str | None, limit: int, order: Literal["asc", "desc"]
     ) -> tuple[list[JobRecord], bool]:
-        index = self.tenant_index_key(tenant)
-        if order == "asc":
-            ids = self.redis.zrangebylex(index, f"({after}" if after else "-", "+", start=0, num=limit + 1)
-        else:
-            ids = self.redis.zrevrangebylex(index, f"({after}" if after else "+", "-", start=0, num=limit + 1)
-        has_more = len(ids) > limit
+        ids, has_more = lex_page(self.redis, self.tenant_index_key(tenant), after, limit, order)
         pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids[:limit]:
-            pipe.hgetall(self.job_key(as_text(job_id)))
+        for job_id in ids:
+            pipe.hgetall(self.job_key(job_id))
         jobs = [_record(fields) for fields in pipe.execute() if fields]
         return jobs, has_more
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 
 from reelforge.core.jobs import now_ms
 from reelforge.core.store import PREFIX, as_text
@@ -36,6 +39,10 @@ class InvalidKey(ValueError):
 class Principal:
     tenant: str
     key_id: str
+
+
+def _new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
 def hash_key(api_key: str) -> str:
@@ -93,8 +100,39 @@ class TenantRegistry:
         return Principal(tenant=as_text(record[0]), key_id=as_text(record[1]))
 
     def ensure_tenant(self, tenant: str) -> None:
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-        self.redis.hsetnx(self._tenant_record(tenant), "webhook_secret", secret)
+        self.redis.hsetnx(self._tenant_record(tenant), "webhook_secret", _new_webhook_secret())
+
+    def tenant_exists(self, tenant: str) -> bool:
+        return bool(self.redis.exists(self._tenant_record(tenant)))
+
+    def rotate_webhook_secret(self, tenant: str, overlap_s: float) -> tuple[str, int]:
+        """A new signing secret for tenant; the current one stays valid for overlap_s more seconds, so
+        until then every webhook carries a signature per valid secret. -> (new secret, the old one's end
+        in Unix seconds)."""
+        record = self._tenant_record(tenant)
+        new_secret = _new_webhook_secret()
+        valid_until_ms = now_ms() + int(overlap_s * 1000)
+
+        def swap(pipe: Pipeline) -> None:
+            current = pipe.hget(record, "webhook_secret")
+            kept = self._previous_secrets(pipe, tenant)
+            if current is not None and overlap_s > 0:
+                kept.append({"secret": as_text(current), "valid_until_ms": valid_until_ms})
+            pipe.multi()
+            pipe.hset(record, mapping={"webhook_secret": new_secret, "webhook_secrets_previous": json.dumps(kept)})
+
+        self.redis.transaction(swap, record)
+        return new_secret, valid_until_ms // 1000
+
+    def _previous_secrets(self, redis: Redis | Pipeline, tenant: str) -> list[dict[str, Any]]:
+        """Earlier secrets still inside their overlap."""
+        raw = redis.hget(self._tenant_record(tenant), "webhook_secrets_previous")
+        now = now_ms()
+        return [entry for entry in json.loads(raw or "[]") if entry["valid_until_ms"] > now]
+
+    def webhook_signing_secrets(self, tenant: str) -> list[str]:
+        """The secrets a webhook is signed with: the current one first, then those in their overlap."""
+        return [self.webhook_secret(tenant), *(entry["secret"] for entry in self._previous_secrets(self.redis, tenant))]
 
     def webhook_secret(self, tenant: str) -> str:
         secret = self.redis.hget(self._tenant_record(tenant), "webhook_secret")

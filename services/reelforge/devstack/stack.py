@@ -162,6 +162,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         env = {
             **os.environ,
             "REELFORGE_ENVIRONMENT": "development",
+            "REELFORGE_WEBHOOK_ALLOW_PRIVATE": "true",  # a receiver on this machine (docs/webhooks.md)
             "REELFORGE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "REELFORGE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/1",
             "REELFORGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",

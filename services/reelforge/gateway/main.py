@@ -9,7 +9,7 @@ from fastapi.telemetry import TelemetryConfig
 
 from reelforge import __version__
 from reelforge.core.store import AsyncJobCreator
-from reelforge.gateway.api.routes import health, videos
+from reelforge.gateway.api.routes import health, videos, webhooks
 from reelforge.gateway.body_limit import BodySizeLimit
 from reelforge.gateway.errors import install_error_handlers
 from reelforge.gateway.telemetry import RequestTelemetry
@@ -36,6 +36,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(videos.router)
+    app.include_router(webhooks.router)
     # Everything built so far (boto3's service models, pydantic schemas, Celery) lives as long as the
     # process; freezing it keeps the cyclic GC from re-walking it every few thousand requests. Measured
     # on the create path: about 30 % less CPU per request (docs/performance.md).

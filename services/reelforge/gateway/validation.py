@@ -10,19 +10,25 @@ import json
 import secrets
 import unicodedata
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reelforge.core.catalog import DEFAULT_MODEL, MODELS, ModelSpec
 from reelforge.core.contracts import Priority
+from reelforge.core.webhook_targets import (
+    TargetPolicy,
+    UnresolvableHost,
+    UnsafeWebhookURL,
+    parse_target,
+    resolve,
+)
 from reelforge.gateway.errors import APIError, bad_request
 
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
-MAX_WEBHOOK_URL = 2048
+PRODUCTION_WEBHOOKS = TargetPolicy(allow_private=False)
 MAX_SEED = 2**32 - 1
 ALLOWED_CONTROL = {"\n", "\t"}
 
@@ -96,13 +102,28 @@ def _check_metadata(metadata: dict[str, str]) -> None:
                               "metadata")
 
 
-def _check_webhook_url(url: str) -> None:
-    parts = urlsplit(url)
-    if len(url) > MAX_WEBHOOK_URL or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise bad_request(
-            f"'webhook_url' must be an absolute http(s) URL of at most {MAX_WEBHOOK_URL} characters.",
-            "webhook_url",
-        )
+def _refused_webhook_url(exc: UnsafeWebhookURL) -> APIError:
+    return bad_request(f"'webhook_url' is refused: {exc}.", "webhook_url", "invalid_webhook_url")
+
+
+def check_webhook_url(url: str, policy: TargetPolicy) -> None:
+    """The checks that need no DNS (scheme, userinfo, address forms and literal addresses)."""
+    try:
+        parse_target(url, policy)
+    except UnsafeWebhookURL as exc:
+        raise _refused_webhook_url(exc) from None
+
+
+def check_webhook_destination(url: str, policy: TargetPolicy) -> None:
+    """Where the name resolves to (blocking: DNS). A name DNS cannot answer for right now is let
+    through: every delivery attempt checks again before it connects."""
+    try:
+        resolve(parse_target(url, policy), policy)
+    except UnresolvableHost as exc:
+        if exc.permanent:
+            raise _refused_webhook_url(exc) from None
+    except UnsafeWebhookURL as exc:
+        raise _refused_webhook_url(exc) from None
 
 
 def _resolve(body: CreateVideoBody, spec: ModelSpec) -> VideoParams:
@@ -164,7 +185,8 @@ def request_hash(body: CreateVideoBody) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, CreateVideoBody]:
+def parse_create(raw: dict[str, Any], webhook_policy: TargetPolicy = PRODUCTION_WEBHOOKS
+                 ) -> tuple[VideoParams, CreateVideoBody]:
     """Validate a create request. Returns the resolved parameters and the request as sent."""
     try:
         body = CreateVideoBody.model_validate(raw)
@@ -180,7 +202,7 @@ def parse_create(raw: dict[str, Any]) -> tuple[VideoParams, CreateVideoBody]:
     if body.metadata is not None:
         _check_metadata(body.metadata)
     if body.webhook_url is not None:
-        _check_webhook_url(body.webhook_url)
+        check_webhook_url(body.webhook_url, webhook_policy)
     return _resolve(body, spec), body
 
 

@@ -1,4 +1,4 @@
-"""Transactional-outbox relay.
+"""Transactional-outbox relay, and the clock of webhook retries.
 
 The gateway writes a job and its outbox entry in one Redis script and answers; this loop moves entries
 to the Celery GPU queues. An entry is first moved to an in-flight list (BLMOVE), published, then
@@ -6,6 +6,9 @@ removed, so a relay killed mid-batch leaves its entries in flight and the next s
 at-least-once, which the GPU task absorbs (idempotent by job id). Keeping the broker publish (about
 300 µs of CPU in kombu) out of the request path is what lets one gateway process take thousands of
 creates per second.
+
+The same loop publishes webhook retries when they fall due (core/deliveries.py says why they wait in a
+Redis sorted set rather than as Celery countdowns).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import structlog
 from redis import Redis
 
 from reelforge.core.contracts import Priority
+from reelforge.core.deliveries import DeliveryStore
 from reelforge.core.lifecycle import Publisher
 from reelforge.core.store import OUTBOX_INFLIGHT_KEY, OUTBOX_KEY, parse_outbox_entry
 from reelforge.worker_health import Heartbeat
@@ -62,8 +66,19 @@ def relay_batch(redis: Redis, publisher: Publisher, batch: list[bytes]) -> None:
     pipe.execute()
 
 
+def relay_due_webhooks(deliveries: DeliveryStore, lease_s: float, publisher: Publisher) -> int:
+    """Publish the webhook attempts whose time has come. A taken entry stays scheduled at the lease's
+    end until its attempt claims it, so one lost between here and a worker is published again."""
+    due = deliveries.take_due(lease_s)
+    for entry in due:
+        publisher.webhook_attempt(entry.message, entry.traceparent)
+    return len(due)
+
+
 def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: str | None = None,
-        heartbeat: Heartbeat | None = None) -> None:
+        heartbeat: Heartbeat | None = None, webhooks: tuple[DeliveryStore, float] | None = None) -> None:
+    """webhooks: the delivery store and claim lease whose due retries this relay also publishes; the
+    outbox wait (at most POLL_TIMEOUT_S) is then the schedule's resolution."""
     recovered = recover_inflight(redis)
     log.info("relay_started", recovered=recovered)
     if ready_file:
@@ -73,6 +88,8 @@ def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: s
             batch = take_batch(redis)
             if batch:
                 relay_batch(redis, publisher, batch)
+            if webhooks is not None:
+                relay_due_webhooks(*webhooks, publisher)
             if heartbeat is not None:  # only after Redis answered: a relay that cannot relay goes stale
                 heartbeat.beat()
         except Exception:  # broker or Redis hiccup: entries stay in flight and are recovered below

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.formparsers import MultiPartException
 
@@ -14,9 +15,11 @@ from reelforge.core.contracts import VideoObject
 from reelforge.core.jobs import JobRecord
 from reelforge.core.storage import ObjectNotFound, asset_key
 from reelforge.core.store import AsyncJobCreator, IdempotencyConflict
+from reelforge.core.webhook_targets import TargetPolicy
 from reelforge.gateway.deps import PrincipalDep, RuntimeDep, authenticate
 from reelforge.gateway.errors import APIError, bad_request, not_found
-from reelforge.gateway.validation import form_to_dict, parse_create, request_hash
+from reelforge.gateway.lists import PageDep, list_object
+from reelforge.gateway.validation import check_webhook_destination, form_to_dict, parse_create, request_hash
 from reelforge.observability import metrics
 from reelforge.observability.tracing import current_traceparent
 from reelforge.postprocess.assets import ASSETS
@@ -72,7 +75,10 @@ async def create_video(request: Request) -> Response:
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
-    params, body = parse_create(await _read_body(request))
+    policy = TargetPolicy(allow_private=rt.settings.webhook_allow_private)
+    params, body = parse_create(await _read_body(request), policy)
+    if params.webhook_url is not None:
+        await run_in_threadpool(check_webhook_destination, params.webhook_url, policy)
     job = videos.new_job(principal.tenant, **params.model_dump(), traceparent=current_traceparent())
     idempotency = (idempotency_key, request_hash(body)) if idempotency_key else None
     try:
@@ -87,24 +93,11 @@ async def create_video(request: Request) -> Response:
 
 
 @router.get("")
-def list_videos(
-    rt: RuntimeDep,
-    principal: PrincipalDep,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
-) -> dict[str, Any]:
-    if after is not None and rt.store.get_for_tenant(principal.tenant, after) is None:
-        raise bad_request(f"'after' must be the id of one of your videos; '{after}' is not.", "after")
-    jobs, has_more = rt.store.list(principal.tenant, after, limit, order)
-    data = [job.to_video().model_dump(mode="json") for job in jobs]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+def list_videos(rt: RuntimeDep, principal: PrincipalDep, page: PageDep) -> dict[str, Any]:
+    if page.after is not None and rt.store.get_for_tenant(principal.tenant, page.after) is None:
+        raise bad_request(f"'after' must be the id of one of your videos; '{page.after}' is not.", "after")
+    jobs, has_more = rt.store.list(principal.tenant, page.after, page.limit, page.order)
+    return list_object([job.to_video().model_dump(mode="json") for job in jobs], has_more)
 
 
 @router.get("/{video_id}", response_model=VideoObject)
