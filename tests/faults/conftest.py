@@ -161,22 +161,23 @@ class FaultStack:
         return {d["headers"]["webhook-id"] for d in deliveries if json.loads(d["body"])["type"] == "video.completed"}
 
     def count_outcome(self, row: Tally, video: dict[str, Any], prompt: str) -> None:
-        """Add one accepted job that should have completed to row: completed or lost, and its duplicates
-        (GPU executions beyond the attempts it needed, MP4 objects and completed event ids beyond one)."""
+        """Add one accepted job that should complete to row: completed, or lost (it did not, or its MP4 or its
+        completed event never arrived), and its duplicates (GPU runs beyond the attempts it needed, MP4
+        objects and completed event ids beyond one)."""
         done = self.wait_terminal(video["id"])
-        if done["status"] != "completed":
+        mp4s = self.mp4_objects(done) if done["status"] == "completed" else []
+        events = self.wait_events(done["id"]) if done["status"] == "completed" else set()
+        if not (mp4s and events):
             row.lost += 1
-            row.notes.append(f"{video['id']}: {done['status']} {done.get('error')}")
+            row.notes.append(f"{video['id']}: {done['status']} {done.get('error')}, mp4s {mp4s}, events {events}")
             return
         row.completed += 1
-        mp4s = self.mp4_objects(done)
         # a run cut short by a fault is a retry, not a duplicate: only runs that got past the engine count
         finished_runs = len(self.executions(prompt)) - (done["attempts"] - 1)
-        events = self.wait_events(done["id"])
-        extra = max(0, finished_runs - 1) + max(0, len(mp4s) - 1) + max(0, len(events) - 1)
+        extra = max(0, finished_runs - 1) + len(mp4s) - 1 + len(events) - 1
         if extra:
             row.duplicated += extra
-            row.notes.append(f"{video['id']}: {finished_runs} finished runs, {len(mp4s)} mp4s, events {events}")
+            row.notes.append(f"{video['id']}: {finished_runs} finished runs, mp4s {mp4s}, events {events}")
 
     def wait_events(self, video_id: str, timeout: float = 60) -> set[str]:
         deadline = time.monotonic() + timeout
@@ -187,12 +188,9 @@ class FaultStack:
 
     # -- processes
 
-    def gpu_children(self, name: str = "gpu") -> list[int]:
-        return children_of(self.stack.components[name].pid)
-
-    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Signal a component's whole process group (a crashed container: no shutdown of any kind)."""
-        os.killpg(self.stack.components[name].pid, sig)
+    def kill(self, name: str) -> None:
+        """kill -9 of a component's whole process group (a crashed container: no shutdown of any kind)."""
+        os.killpg(self.stack.components[name].pid, signal.SIGKILL)
 
     def restart(self, name: str) -> None:
         """Start a component again on its ports and data; a worker only counts once it is ready again."""
@@ -206,19 +204,6 @@ class FaultStack:
 def unique_prompt(what: str, trial: int, extra: str = "") -> str:
     """A prompt no other trial uses, so the executions log tells its GPU runs apart."""
     return f"{what} {trial} {uuid.uuid4().hex[:8]} {extra}".strip()
-
-
-def children_of(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                found.append(int(entry.name))
-    return found
 
 
 def wait_file(path: Path, process: ManagedProcess, timeout: float = READY_TIMEOUT_S) -> None:
