@@ -122,6 +122,14 @@ class FaultStack:
         video: dict[str, Any] = response.json()
         return video
 
+    def denoising_job(self, row: Tally, what: str, trial: int) -> tuple[dict[str, Any], str]:
+        """An accepted slow job, returned once it denoises (a fault can hit it mid-run) with its prompt."""
+        prompt = unique_prompt(what, trial, "slow=0.4")
+        video = self.submit(prompt, **SLOW_JOB)
+        row.accepted += 1
+        self.wait_denoising(video["id"])
+        return video, prompt
+
     def get(self, video_id: str) -> dict[str, Any]:
         video: dict[str, Any] = self.client.get(f"/v1/videos/{video_id}").json()
         return video

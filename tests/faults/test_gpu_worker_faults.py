@@ -40,10 +40,7 @@ def test_gpu_worker_killed_mid_denoise_finishes_the_job_once(
     row = tally("1", "kill -9 of the GPU worker mid-denoise")
     for trial in range(TRIALS):
         row.trials += 1
-        prompt = unique_prompt("kill gpu", trial, "slow=0.4")
-        video = faults.submit(prompt, **SLOW_JOB)
-        row.accepted += 1
-        faults.wait_denoising(video["id"])
+        video, prompt = faults.denoising_job(row, "kill gpu", trial)
         if trial % 2:
             faults.kill("gpu")
             faults.restart("gpu")
@@ -62,10 +59,7 @@ def test_sigterm_mid_job_warm_shutdown_finishes_it_once(
     row = tally("2", "SIGTERM of the GPU worker mid-denoise")
     for trial in range(TRIALS):
         row.trials += 1
-        prompt = unique_prompt("sigterm gpu", trial, "slow=0.4")
-        video = faults.submit(prompt, **SLOW_JOB)
-        row.accepted += 1
-        faults.wait_denoising(video["id"])
+        video, prompt = faults.denoising_job(row, "sigterm gpu", trial)
         worker = faults.stack.components["gpu"]
         log_size = worker.log_path.stat().st_size
         os.kill(worker.pid, signal.SIGTERM)
