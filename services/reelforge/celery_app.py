@@ -62,6 +62,11 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=settings.gpu_task_time_limit_s - 5,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
+            # Look for messages past their visibility timeout every tenth of it (1-10 s) instead of kombu's
+            # every 100 s, which would dwarf a short timeout: a worker that vanished with its message
+            # (a lost node; a killed child is requeued at once) gets its job redelivered that much sooner.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 10)),
+            "unacked_restore_throttle": 1,
             # Poll queues in the order a worker lists them (-Q gpu-interactive,gpu-batch): interactive
             # work is always taken first; batch waits while interactive work is queued.
             "queue_order_strategy": "priority",

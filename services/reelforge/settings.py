@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     )
     engine_threads: int = Field(default=0, description="torch intra-op threads; 0 keeps torch's default.")
     engine_load_timeout_s: float = Field(default=600.0, gt=0, description="how long a GPU worker may take to load")
+    engine_factory: str | None = Field(
+        default=None,
+        description="test hook, development only: 'module:callable' that the GPU worker calls with these settings "
+        "instead of loading the engine itself (the fault-injection tests wrap the engine to make it slow or raise)",
+    )
 
     # Written by a worker process once it can take jobs (the GPU worker: once its engine is warm).
     ready_file: str | None = None
@@ -56,6 +61,21 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     # Celery hard time limit for one GPU attempt; the broker visibility timeout is derived from it.
     gpu_task_time_limit_s: int = Field(default=600, ge=10)
+    broker_visibility_timeout_s: int | None = Field(
+        default=None, ge=1,
+        description="seconds after which the broker hands an unacknowledged message to another worker; unset: "
+        "twice the GPU hard time limit plus 60 s. The fault tests set it short to prove a job is still run once",
+    )
+    gpu_lease_s: float = Field(
+        default=30.0, gt=0,
+        description="a running GPU attempt holds its job's lease this long, renewed at every step; a duplicate "
+        "message (visibility timeout, relay republish) that finds it held waits this long and looks again, so a "
+        "job never runs twice at once. A worker killed mid-job delays its job's next attempt by up to this much",
+    )
+    storage_retry_s: float = Field(
+        default=120.0, ge=0,
+        description="how long a worker retries object storage (restarting, unreachable) before it gives up",
+    )
     asset_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
     idempotency_ttl_s: int = 24 * 3600
 
@@ -93,7 +113,7 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout_s(self) -> int:
         # Above the hard limit, so a long but healthy task is never redelivered while it still runs.
-        return self.gpu_task_time_limit_s * 2 + 60
+        return self.broker_visibility_timeout_s or self.gpu_task_time_limit_s * 2 + 60
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
@@ -108,6 +128,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "REELFORGE_WEBHOOK_ALLOW_PRIVATE lets webhooks reach internal addresses over plain http; "
                 "unset it, or set REELFORGE_ENVIRONMENT=development"
+            )
+        if self.engine_factory:
+            raise ValueError(
+                "REELFORGE_ENGINE_FACTORY is a test hook; unset it, or set REELFORGE_ENVIRONMENT=development"
             )
         return self
 

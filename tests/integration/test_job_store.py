@@ -102,6 +102,24 @@ def test_attempts_count_and_stop_after_the_gpu_stage(store: JobStore) -> None:
     assert store.start_gpu_attempt(record.id) == 0
 
 
+def test_a_held_gpu_lease_keeps_a_duplicate_from_running_the_job_beside_it(store: JobStore) -> None:
+    record, _ = store.create(job())
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == 1
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == -1, "a duplicate message waits"
+    assert store.get(record.id).attempts == 1  # type: ignore[union-attr]
+    assert store.renew_gpu_lease(record.id, 1, 60_000)
+    store.release_gpu_lease(record.id, 2)  # not the holder: nothing happens
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == -1
+    store.release_gpu_lease(record.id, 1)
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == 2, "released: the next attempt runs"
+    assert not store.renew_gpu_lease(record.id, 1, 60_000), "attempt 1 was taken over and must stop"
+    store.redis.delete(store.gpu_lease_key(record.id))  # lapsed: a slow step outlived it, nobody took over
+    assert store.renew_gpu_lease(record.id, 2, 50)
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == -1
+    time.sleep(0.2)  # attempt 2's worker died: its lease lapses and the redelivered message runs
+    assert store.start_gpu_attempt(record.id, lease_ms=60_000) == 3
+
+
 def test_listing_pages_and_skips_deleted(store: JobStore) -> None:
     ids = [store.create(job())[0].id for _ in range(5)]
     page, more = store.list("acme", None, 2, "asc")

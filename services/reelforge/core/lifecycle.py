@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import structlog
 from celery import Celery
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from reelforge.celery_app import (
     GPU_QUEUE_BY_PRIORITY,
@@ -25,9 +28,11 @@ from reelforge.core.contracts import (
     WebhookMessage,
 )
 from reelforge.core.jobs import JobRecord
-from reelforge.core.store import JobStore
+from reelforge.core.store import JobStore, store_unavailable
 from reelforge.observability import metrics
 from reelforge.observability.tracing import publish_span
+
+log = structlog.get_logger("reelforge.lifecycle")
 
 
 class Publisher:
@@ -90,3 +95,13 @@ def end_job(
         metrics.job_finished(job)
         publisher.webhook(job)
     return True
+
+
+def requeue_when_store_unavailable(exc: BaseException) -> None:
+    """In a task that failed on Redis (the job store, or the broker it publishes to) being down, restarting
+    or full: that is no reason to acknowledge, and so drop, its message. Raises Celery's Reject with requeue:
+    the message goes back to its queue, or, if the broker cannot take it now, stays unacknowledged in Redis
+    and comes back after the visibility timeout. Returns for any other error."""
+    if store_unavailable(exc) or isinstance(exc, OperationalError):
+        log.warning("task_requeued", reason="redis unavailable", error=str(exc))
+        raise Reject(f"redis unavailable: {exc}", requeue=True) from exc

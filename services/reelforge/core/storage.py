@@ -7,10 +7,11 @@ and deleting a job is one prefix delete.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import boto3
 import numpy as np
@@ -29,6 +30,7 @@ STREAM_CHUNK_BYTES = 64 * 1024
 # SigV4 presigned URLs cannot live longer than 7 days.
 MAX_PRESIGN_EXPIRY_S = 7 * 24 * 3600
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+T = TypeVar("T")
 
 
 class StorageError(Exception):
@@ -201,6 +203,25 @@ def _storage_errors(key: str) -> Iterator[None]:
         raise StorageError(f"object store refused the request for {key}: {exc}") from exc
     except (BotoCoreError, Boto3Error) as exc:
         raise StorageError(f"object store unavailable for {key}: {exc}") from exc
+
+
+def retrying(call: Callable[[], T], budget_s: float, while_waiting: Callable[[], None] = lambda: None) -> T:
+    """call(), retried with backoff (0.5 s doubling to 5 s) while the store fails, for up to budget_s: what a
+    worker does when object storage restarts or is out of reach. A missing object is an answer, not retried.
+    while_waiting runs before each pause (the GPU worker keeps its job's lease)."""
+    deadline = time.monotonic() + budget_s
+    pause = 0.5
+    while True:
+        try:
+            return call()
+        except ObjectNotFound:
+            raise
+        except StorageError:
+            if time.monotonic() + pause > deadline:
+                raise
+            while_waiting()
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _iter_body(body: StreamingBody, chunk_bytes: int, key: str) -> Iterator[bytes]:

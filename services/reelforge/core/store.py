@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reelforge.core.contracts import Phase, Status
 from reelforge.core.jobs import GPU_PHASES, JobRecord, allowed_sources, now_ms
@@ -30,16 +33,35 @@ if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 return 1
 """
 
-# KEYS[1] job hash. ARGV[1] allowed phases, ARGV[2] now ms. Starts (or re-starts after a lost worker)
-# a GPU attempt: returns the new attempt count, or 0 when the job is past the GPU stage or terminal.
+# KEYS[1] job hash, KEYS[2] the job's GPU lease. ARGV[1] allowed phases, ARGV[2] now ms, ARGV[3] lease ms
+# (0: take none). Starts (or re-starts after a lost worker) a GPU attempt: returns the new attempt count,
+# 0 when the job is past the GPU stage or terminal, -1 while another attempt holds the lease (it still runs:
+# this message is a redelivered or republished duplicate).
 _START_GPU_ATTEMPT = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'phase', 'deleted')
 if not cur[1] or cur[3] == '1' then return 0 end
 if cur[1] ~= 'queued' and cur[1] ~= 'in_progress' then return 0 end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur[2] .. ',', 1, true) then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if cur[1] == 'queued' then redis.call('HSET', KEYS[1], 'at:in_progress', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'in_progress')
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[2], attempt, 'PX', ARGV[3]) end
+return attempt
+"""
+
+# KEYS[1] the job's GPU lease. ARGV[1] attempt, ARGV[2] lease ms. Extends a running attempt's lease (taking
+# it again if it lapsed while no other attempt started); 0 when a newer attempt holds it.
+_RENEW_GPU_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE_GPU_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # KEYS[1] job hash, KEYS[2] tenant index, KEYS[3] idempotency key (or ""), KEYS[4] outbox. ARGV[1] job
@@ -119,6 +141,20 @@ def lex_page(redis: Redis, index: str, after: str | None, limit: int,
     return [as_text(i) for i in ids[:limit]], len(ids) > limit
 
 
+def out_of_memory(exc: RedisError) -> bool:
+    """Redis at maxmemory (noeviction) refusing a write: OutOfMemoryError for a plain command, a script
+    error carrying the OOM message inside a Lua script."""
+    return isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Redis down, restarting, out of reach or full: the operation may succeed later, nothing is wrong
+    with the job itself."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return True
+    return isinstance(exc, RedisError) and out_of_memory(exc)
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
@@ -140,6 +176,8 @@ class JobStore:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
         self._start_gpu = redis.register_script(_START_GPU_ATTEMPT)
+        self._renew_gpu_lease = redis.register_script(_RENEW_GPU_LEASE)
+        self._release_gpu_lease = redis.register_script(_RELEASE_GPU_LEASE)
         self._create = redis.register_script(_CREATE)
 
     @staticmethod
@@ -216,9 +254,22 @@ class JobStore:
         )
         return int(applied) == 1
 
-    def start_gpu_attempt(self, job_id: str) -> int:
-        """Count a GPU attempt. 0 means there is nothing for the GPU stage to do (idempotent redelivery)."""
-        return int(self._start_gpu(keys=[self.job_key(job_id)], args=[_csv(GPU_PHASES), now_ms()]))
+    @staticmethod
+    def gpu_lease_key(job_id: str) -> str:
+        return f"{PREFIX}:job:{job_id}:gpu_lease"
+
+    def start_gpu_attempt(self, job_id: str, lease_ms: int = 0) -> int:
+        """Count a GPU attempt and take the job's lease for lease_ms. 0 means there is nothing for the GPU
+        stage to do (idempotent redelivery), -1 that another attempt holds the lease and runs the job."""
+        return int(self._start_gpu(keys=[self.job_key(job_id), self.gpu_lease_key(job_id)],
+                                   args=[_csv(GPU_PHASES), now_ms(), lease_ms]))
+
+    def renew_gpu_lease(self, job_id: str, attempt: int, lease_ms: int) -> bool:
+        """Keep the lease of a running attempt. False: a newer attempt took the job over; stop."""
+        return int(self._renew_gpu_lease(keys=[self.gpu_lease_key(job_id)], args=[attempt, lease_ms])) == 1
+
+    def release_gpu_lease(self, job_id: str, attempt: int) -> None:
+        self._release_gpu_lease(keys=[self.gpu_lease_key(job_id)], args=[attempt])
 
     def dead_letter(self, kind: str, entry: Mapping[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)

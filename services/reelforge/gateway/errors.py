@@ -7,8 +7,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reelforge.core.store import out_of_memory
 
 log = structlog.get_logger("reelforge.gateway")
 
@@ -74,8 +77,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return envelope(503, "The job store is unavailable; retry shortly.", "server_error", None,
                         "service_unavailable", {"Retry-After": "5"})
 
+    @app.exception_handler(ResponseError)
+    async def _store_refused(request: Request, exc: ResponseError) -> JSONResponse:
+        if not out_of_memory(exc):
+            return await _unexpected(request, exc)
+        # maxmemory with noeviction: Redis refuses writes rather than evict jobs or queued messages.
+        log.error("redis_full", path=request.url.path, error=str(exc))
+        return envelope(503, "The job store is full and accepts no new jobs right now; retry later.",
+                        "server_error", None, "service_unavailable", {"Retry-After": STORE_FULL_RETRY_AFTER_S})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
         return envelope(500, "The server had an error processing your request.", "server_error", None,
                         "internal_error")
+
+
+# Freeing memory takes an operator (raise maxmemory, scale out, purge): longer than a restart's 5 s.
+STORE_FULL_RETRY_AFTER_S = "30"

@@ -5,20 +5,24 @@ The engine is loaded once per worker process (worker_process_init) and kept warm
 
 from __future__ import annotations
 
+import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
 from celery import Task
 from celery.signals import worker_process_init
+from kombu.exceptions import OperationalError
 from opentelemetry.trace import Span
+from redis.exceptions import RedisError
 
 from reelforge.celery_app import TASK_GENERATE, celery_app
 from reelforge.core.contracts import ErrorCode, GenerateMessage, Phase, PostprocessMessage, Status
 from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, progress_for
-from reelforge.core.lifecycle import end_job
-from reelforge.core.storage import frames_to_bytes, staging_key
+from reelforge.core.lifecycle import end_job, requeue_when_store_unavailable
+from reelforge.core.storage import STAGING_CONTENT_TYPE, StorageError, frames_to_bytes, retrying, staging_key
 from reelforge.engine.interface import GenerationRequest, StepEvent, VideoEngine
 from reelforge.gpu_worker.quality import QualitySampler
 from reelforge.observability import metrics
@@ -36,6 +40,14 @@ class JobCancelled(Exception):
     """Raised from the step callback when the job left in_progress (cancelled, deleted, failed)."""
 
 
+class LeaseLost(Exception):
+    """Raised from the step callback when a newer attempt took the job over (this one outlived its lease)."""
+
+
+class AttemptHeld(Exception):
+    """Another attempt holds the job's lease and runs it: this message is a duplicate, for now."""
+
+
 def load_engine_once(**_: Any) -> None:
     """worker_process_init hook: the GPU worker connects it, the other workers never load torch."""
     global _engine
@@ -51,6 +63,10 @@ def load_engine_once(**_: Any) -> None:
 
 
 def _load(settings: Settings) -> VideoEngine:
+    if settings.engine_factory:  # the fault-injection tests' wrapped engine (development only)
+        module, _, name = settings.engine_factory.partition(":")
+        factory: Callable[[Settings], VideoEngine] = getattr(importlib.import_module(module), name)
+        return factory(settings)
     if settings.engine_backend == "triton":
         from reelforge.engine.triton.client import TritonEngine
 
@@ -175,9 +191,32 @@ def _observe_attempt(job: JobRecord, clock: PhaseClock, outcome: str) -> None:
     metrics.GPU_SECONDS.labels(str(job.priority), job.model, outcome).observe(clock.engine_seconds)
 
 
+class Lease:
+    """The job's GPU lease, held by one attempt while it runs and renewed as it makes progress: a duplicate
+    message for the job (redelivered after the visibility timeout, republished by the relay) waits instead of
+    running the job a second time beside it."""
+
+    def __init__(self, rt: Runtime, job_id: str, attempt: int) -> None:
+        self.rt, self.job_id, self.attempt = rt, job_id, attempt
+
+    def renew(self) -> None:
+        if not self.rt.store.renew_gpu_lease(self.job_id, self.attempt, _lease_ms(self.rt)):
+            raise LeaseLost(self.job_id)
+
+    def release(self) -> None:
+        self.rt.store.release_gpu_lease(self.job_id, self.attempt)
+
+
+def _lease_ms(rt: Runtime) -> int:
+    return int(rt.settings.gpu_lease_s * 1000)
+
+
 def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
-    """One GPU attempt. Returns False when the attempt failed and may be retried."""
-    attempt = rt.store.start_gpu_attempt(job_id)
+    """One GPU attempt. Returns False when the attempt failed and may be retried; raises AttemptHeld when
+    another attempt runs the job right now."""
+    attempt = rt.store.start_gpu_attempt(job_id, _lease_ms(rt))
+    if attempt < 0:
+        raise AttemptHeld(job_id)
     job = rt.store.get(job_id)
     if job is None:
         log.warning("generate_unknown_job")
@@ -188,11 +227,21 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
             rt.publisher.postprocess(_postprocess_message(job))
         log.info("generate_skipped", status=job.status, phase=job.phase)
         return True
-    if attempt > rt.settings.max_attempts:
-        _fail(rt, job_id, ErrorCode.max_attempts_exceeded,
-              f"generation did not finish after {rt.settings.max_attempts} attempts")
+    lease = Lease(rt, job_id, attempt)
+    try:
+        if attempt > rt.settings.max_attempts:
+            _fail(rt, job_id, ErrorCode.max_attempts_exceeded,
+                  f"generation did not finish after {rt.settings.max_attempts} attempts")
+            return True
+        return _attempt(rt, engine, job, attempt, lease)
+    except LeaseLost:  # a newer attempt took the job over while this one staged its frames
+        log.info("generate_superseded", attempt=attempt)
         return True
+    finally:
+        lease.release()
 
+
+def _attempt(rt: Runtime, engine: VideoEngine, job: JobRecord, attempt: int, lease: Lease) -> bool:
     clock = PhaseClock()
     queued_at = job.transitions.get(str(Status.queued))
     if queued_at is not None and attempt == 1:
@@ -202,6 +251,7 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     def on_step(event: StepEvent) -> None:
         clock.enter(event.phase)
         meter(event)
+        lease.renew()
         phase = Phase(event.phase)
         fields = {
             "phase": str(phase),
@@ -209,36 +259,44 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
             "progress": str(progress_for(phase, event.step, event.steps)),
             **clock.fields(),
         }
-        if not rt.store.update_running(job_id, fields):
-            raise JobCancelled(job_id)
+        if not rt.store.update_running(job.id, fields):
+            raise JobCancelled(job.id)
 
     log.info("generate_started", attempt=attempt)
     try:
         frames = engine.generate(_request_for(job), on_step)
-    except JobCancelled:
+    except (JobCancelled, LeaseLost) as exc:
         clock.stop()
         _observe_attempt(job, clock, "cancelled")
-        log.info("generate_cancelled")
+        log.info("generate_stopped", reason=type(exc).__name__)
         return True
+    except RedisError:  # the job store, not the engine, failed: the task puts the message back
+        clock.stop()
+        raise
     except Exception as exc:  # any engine failure fails this attempt only
         clock.stop()
         _observe_attempt(job, clock, "failed")
         log.exception("generate_failed", attempt=attempt)
-        if attempt >= rt.settings.max_attempts:
-            _fail(rt, job_id, ErrorCode.engine_error, f"the engine failed: {type(exc).__name__}: {exc}")
-            return True
-        return False
+        return _attempt_failed(rt, job.id, attempt, ErrorCode.engine_error,
+                               f"the engine failed: {type(exc).__name__}: {exc}")
 
     get_quality_sampler(rt).offer(job.model, frames, job.prompt)
     message = _postprocess_message(job)
     clock.enter("staging")
     try:
-        rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
+        data = frames_to_bytes(frames)
+        retrying(lambda: rt.storage.put_bytes(message.staging_key, data, STAGING_CONTENT_TYPE),
+                 rt.settings.storage_retry_s, lease.renew)
+    except StorageError as exc:
+        log.error("staging_failed", attempt=attempt, error=str(exc))
+        return _attempt_failed(rt, job.id, attempt, ErrorCode.storage_error,
+                               "object storage kept failing; try again later")
     finally:
         clock.stop()
     _observe_attempt(job, clock, "completed")
+    lease.renew()  # a newer attempt that took the job over hands it off, not this one
     handed_off = rt.store.update_running(
-        job_id,
+        job.id,
         {"phase": str(Phase.encoding), "progress": str(progress_for(Phase.encoding)), **clock.fields()},
     )
     if not handed_off:  # cancelled while decoding or uploading the frames
@@ -249,6 +307,14 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     return True
 
 
+def _attempt_failed(rt: Runtime, job_id: str, attempt: int, code: ErrorCode, message: str) -> bool:
+    """This attempt failed: retry it (False) unless it was the last one."""
+    if attempt >= rt.settings.max_attempts:
+        _fail(rt, job_id, code, message)
+        return True
+    return False
+
+
 @celery_app.task(name=TASK_GENERATE, bind=True, max_retries=None)
 def generate(self: Task, message: dict[str, Any]) -> None:
     msg = GenerateMessage.model_validate(message)
@@ -257,5 +323,11 @@ def generate(self: Task, message: dict[str, Any]) -> None:
         with consume_span("gpu.generate", self.request.get(TRACEPARENT), msg.job_id):
             if not run_generate(get_runtime(), get_engine(), msg.job_id):
                 raise self.retry(countdown=min(2 ** self.request.retries, 30))
+    except AttemptHeld:
+        log.info("generate_deferred", reason="another attempt holds the job's lease")
+        raise self.retry(countdown=get_runtime().settings.gpu_lease_s) from None
+    except (RedisError, OperationalError) as exc:
+        requeue_when_store_unavailable(exc)
+        raise
     finally:
         structlog.contextvars.clear_contextvars()

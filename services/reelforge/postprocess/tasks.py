@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 from celery import Task
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from reelforge import __version__
 from reelforge.celery_app import TASK_POSTPROCESS, celery_app
 from reelforge.core.contracts import ErrorCode, Phase, PostprocessMessage, Status
 from reelforge.core.jobs import POSTPROCESS_PHASES, JobRecord, error_fields, now_ms, progress_for
-from reelforge.core.lifecycle import end_job
-from reelforge.core.storage import ObjectNotFound, StorageError, asset_key, frames_from_bytes
+from reelforge.core.lifecycle import end_job, requeue_when_store_unavailable
+from reelforge.core.storage import ObjectNotFound, StorageError, asset_key, frames_from_bytes, retrying
 from reelforge.observability import metrics
 from reelforge.observability.tracing import TRACEPARENT, consume_span, tracer
 from reelforge.postprocess import media
@@ -55,7 +58,7 @@ def run_postprocess(rt: Runtime, msg: PostprocessMessage) -> None:
         return
     started = time.perf_counter()
     try:
-        frames = frames_from_bytes(rt.storage.get_bytes(msg.staging_key))
+        frames = frames_from_bytes(retrying(lambda: rt.storage.get_bytes(msg.staging_key), rt.settings.storage_retry_s))
     except (ObjectNotFound, ValueError) as exc:  # missing, or not the frames the GPU stage wrote
         if _is_current(rt.store.get(msg.job_id)):
             log.error("staged_frames_unusable", error=str(exc))
@@ -82,7 +85,8 @@ def run_postprocess(rt: Runtime, msg: PostprocessMessage) -> None:
             return
         with tracer.start_as_current_span("uploading"):
             for name, content_type in ASSETS.values():
-                rt.storage.put_file(asset_key(job.tenant, job.id, name), workdir / name, content_type)
+                upload = partial(rt.storage.put_file, asset_key(job.tenant, job.id, name), workdir / name, content_type)
+                retrying(upload, rt.settings.storage_retry_s)
     upload_s = time.perf_counter() - started - encode_s
     metrics.phases_observed(job, {"encoding": encode_s, "uploading": upload_s})
 
@@ -117,5 +121,8 @@ def encode(self: Task, message: dict[str, Any]) -> None:
                 return
             log.warning("postprocess_storage_retry", error=str(exc))
             raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
+        except (RedisError, OperationalError) as exc:
+            requeue_when_store_unavailable(exc)
+            raise
         finally:
             structlog.contextvars.clear_contextvars()

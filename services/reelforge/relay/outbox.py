@@ -83,8 +83,12 @@ def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: s
     log.info("relay_started", recovered=recovered)
     if ready_file:
         Path(ready_file).write_text("relay\n")
+    failed = False
     while not stop.is_set():
         try:
+            if failed:  # entries of the failed batch stayed in flight: put them back first
+                recover_inflight(redis)
+                failed = False
             batch = take_batch(redis)
             if batch:
                 relay_batch(redis, publisher, batch)
@@ -92,7 +96,7 @@ def run(redis: Redis, publisher: Publisher, stop: threading.Event, ready_file: s
                 relay_due_webhooks(*webhooks, publisher)
             if heartbeat is not None:  # only after Redis answered: a relay that cannot relay goes stale
                 heartbeat.beat()
-        except Exception:  # broker or Redis hiccup: entries stay in flight and are recovered below
+        except Exception:  # broker or Redis hiccup (a restart can outlast redis-py's retries): try again
             log.exception("relay_batch_failed")
+            failed = True
             stop.wait(1.0)
-            recover_inflight(redis)
