@@ -235,8 +235,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
         # countdown messages unacknowledged in the worker, and the broker would hand them out again)
         "REELFORGE_GPU_LEASE_S": str(GPU_LEASE_S),
         "REELFORGE_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-        "REELFORGE_WEBHOOK_BACKOFF_S": "[0.3, 1, 2, 4, 8]",
-        "REELFORGE_WEBHOOK_MAX_ATTEMPTS": "6",
+        "REELFORGE_WEBHOOK_RETRY_SCHEDULE_S": "[0, 0.3, 1, 2, 4, 8]",
         "REELFORGE_ENGINE_THREADS": "1",
     }
     # Two GPU processes, so a redelivered message can run beside the first (the duplicate scenario 9 hunts).
