@@ -95,6 +95,8 @@ class Settings(BaseSettings):
         default=False, description="development only: allow http:// and loopback or private webhook targets "
         "(refused in production)")
 
+    store_wait_s: float = Field(default=120.0, ge=0, description="how long a worker whose task met Redis down "
+                                "or full waits for it to take writes again before putting the message back")
     quality_sample_rate: float = Field(default=0.05, ge=0.0, le=1.0,
                                        description="share of clips the GPU worker scores for quality acceptance")
     metrics_port: int = Field(default=9100, ge=0, le=65535,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 
 import structlog
 from celery import Celery
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
+from redis import Redis
+from redis.exceptions import RedisError
 
 from reelforge.celery_app import (
     GPU_QUEUE_BY_PRIORITY,
@@ -28,7 +31,7 @@ from reelforge.core.contracts import (
     WebhookMessage,
 )
 from reelforge.core.jobs import JobRecord
-from reelforge.core.store import JobStore, store_unavailable
+from reelforge.core.store import PREFIX, JobStore, store_unavailable
 from reelforge.observability import metrics
 from reelforge.observability.tracing import publish_span
 
@@ -97,11 +100,30 @@ def end_job(
     return True
 
 
-def requeue_when_store_unavailable(exc: BaseException) -> None:
+def requeue_when_store_unavailable(exc: BaseException, redis: Redis | None = None, wait_s: float = 0.0) -> None:
     """In a task that failed on Redis (the job store, or the broker it publishes to) being down, restarting
-    or full: that is no reason to acknowledge, and so drop, its message. Raises Celery's Reject with requeue:
-    the message goes back to its queue, or, if the broker cannot take it now, stays unacknowledged in Redis
-    and comes back after the visibility timeout. Returns for any other error."""
-    if store_unavailable(exc) or isinstance(exc, OperationalError):
-        log.warning("task_requeued", reason="redis unavailable", error=str(exc))
-        raise Reject(f"redis unavailable: {exc}", requeue=True) from exc
+    or full: that is no reason to acknowledge, and so drop, its message. Raises Celery's Reject with requeue,
+    which puts the message back at the head of its queue. Putting it back is itself a write: a Redis at
+    maxmemory (noeviction) refuses it, and the message was lost (fault-injection scenario 8). So with
+    `redis` given, this first waits (up to wait_s) until Redis takes a write again. Returns for any other
+    error."""
+    if not (store_unavailable(exc) or isinstance(exc, OperationalError)):
+        return
+    log.warning("task_requeued", reason="redis unavailable", error=str(exc))
+    if redis is not None:
+        wait_until_writable(redis, wait_s)
+    raise Reject(f"redis unavailable: {exc}", requeue=True) from exc
+
+
+def wait_until_writable(redis: Redis, wait_s: float, poll_s: float = 0.5) -> bool:
+    """True once Redis accepts a small write (a key that expires on its own), False after wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            redis.set(f"{PREFIX}:writable-probe", "1", ex=60)
+            return True
+        except RedisError:
+            if time.monotonic() >= deadline:
+                log.warning("redis_still_unwritable", waited_s=wait_s)
+                return False
+            time.sleep(poll_s)

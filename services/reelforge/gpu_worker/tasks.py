@@ -327,7 +327,8 @@ def generate(self: Task, message: dict[str, Any]) -> None:
         log.info("generate_deferred", reason="another attempt holds the job's lease")
         raise self.retry(countdown=get_runtime().settings.gpu_lease_s) from None
     except (RedisError, OperationalError) as exc:
-        requeue_when_store_unavailable(exc)
+        rt = get_runtime()
+        requeue_when_store_unavailable(exc, rt.redis, rt.settings.store_wait_s)
         raise
     finally:
         structlog.contextvars.clear_contextvars()

@@ -122,7 +122,7 @@ def encode(self: Task, message: dict[str, Any]) -> None:
             log.warning("postprocess_storage_retry", error=str(exc))
             raise self.retry(countdown=min(2 ** self.request.retries, 30)) from exc
         except (RedisError, OperationalError) as exc:
-            requeue_when_store_unavailable(exc)
+            requeue_when_store_unavailable(exc, rt.redis, rt.settings.store_wait_s)
             raise
         finally:
             structlog.contextvars.clear_contextvars()
