@@ -61,6 +61,13 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = 64 * 1024
 
+    # C2PA Content Credentials on every MP4 (docs/security.md); unset: the MP4 carries provenance tags only.
+    c2pa_cert_chain: Path | None = Field(
+        default=None, description="PEM: the signing certificate first, then intermediates, never the root")
+    c2pa_private_key: Path | None = Field(default=None, description="PEM private key of the signing certificate")
+    c2pa_trust_anchors: Path | None = Field(
+        default=None, description="PEM root(s) that `reelforge provenance verify` reports as Trusted")
+
     webhook_timeout_s: float = 15.0
     webhook_max_attempts: int = Field(default=5, ge=1)
     # Backoff between webhook attempts; later issues replace it by the Standard Webhooks schedule.
@@ -85,6 +92,12 @@ class Settings(BaseSettings):
     def visibility_timeout_s(self) -> int:
         # Above the hard limit, so a long but healthy task is never redelivered while it still runs.
         return self.gpu_task_time_limit_s * 2 + 60
+
+    @model_validator(mode="after")
+    def _c2pa_chain_and_key_together(self) -> Settings:
+        if (self.c2pa_cert_chain is None) != (self.c2pa_private_key is None):
+            raise ValueError("set both REELFORGE_C2PA_CERT_CHAIN and REELFORGE_C2PA_PRIVATE_KEY, or neither")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

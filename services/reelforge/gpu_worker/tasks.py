@@ -131,7 +131,7 @@ def _request_for(job: JobRecord) -> GenerationRequest:
     )
 
 
-def _postprocess_message(job: JobRecord) -> PostprocessMessage:
+def _postprocess_message(job: JobRecord, model_version: str) -> PostprocessMessage:
     return PostprocessMessage(
         job_id=job.id,
         staging_key=staging_key(job.tenant, job.id),
@@ -139,6 +139,7 @@ def _postprocess_message(job: JobRecord) -> PostprocessMessage:
         width=job.width,
         height=job.height,
         fps=job.fps,
+        model_version=model_version,
     )
 
 
@@ -185,7 +186,7 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     if attempt == 0:
         # Redelivery after the frames were staged: the hand-off may have been lost with the worker.
         if job.status == Status.in_progress and Phase(job.phase) in POSTPROCESS_PHASES:
-            rt.publisher.postprocess(_postprocess_message(job))
+            rt.publisher.postprocess(_postprocess_message(job, engine.version))
         log.info("generate_skipped", status=job.status, phase=job.phase)
         return True
     if attempt > rt.settings.max_attempts:
@@ -230,7 +231,7 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
         return False
 
     get_quality_sampler(rt).offer(job.model, frames, job.prompt)
-    message = _postprocess_message(job)
+    message = _postprocess_message(job, engine.version)
     clock.enter("staging")
     try:
         rt.storage.put_bytes(message.staging_key, frames_to_bytes(frames), "application/x-npy")
