@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
 
     max_body_bytes: int = 64 * 1024
+    # A create body is at most max_body_bytes: even a slow mobile link sends it well within this.
+    body_read_timeout_s: float = Field(default=30.0, gt=0, description="a request body not fully received "
+                                       "this long after the gateway starts reading it is refused with 408")
 
     # C2PA Content Credentials on every MP4 (docs/security.md); unset: the MP4 carries provenance tags only.
     c2pa_cert_chain: Path | None = Field(
