@@ -15,6 +15,7 @@ The exit code is 1 when a check fails. Run it with loadtests/run_locust.sh (docs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -59,6 +60,7 @@ class Tally:
 
 
 tally = Tally()
+logging.getLogger("httpx").setLevel(logging.WARNING)  # the final drain polls every job: no line per request
 
 
 class VideoClient(HttpUser):

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from reelforge.provenance import credentials
-
 
 @click.group()
 def provenance() -> None:
@@ -22,6 +20,8 @@ def provenance() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def verify(file: Path, trust_anchors: Path | None, as_json: bool) -> None:
     """Validate FILE's C2PA manifest and print who made it. Exits 1 when it has none or it is invalid."""
+    from reelforge.provenance import credentials  # loads c2pa's native library: only when asked
+
     try:
         result = credentials.verify(file, trust_anchors)
     except credentials.ProvenanceError as exc:
@@ -48,6 +48,8 @@ def verify(file: Path, trust_anchors: Path | None, as_json: bool) -> None:
               help="Folder for the chain, key and root PEM files.")
 def dev_cert(out: Path) -> None:
     """Make a development root CA and a C2PA signing certificate issued by it (never for production)."""
+    from reelforge.provenance import credentials
+
     chain, key, root = credentials.write_dev_chain(out)
     click.echo(f"REELFORGE_C2PA_CERT_CHAIN={chain}\nREELFORGE_C2PA_PRIVATE_KEY={key}\n"
                f"REELFORGE_C2PA_TRUST_ANCHORS={root}")

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from reelforge.core import videos
@@ -46,8 +47,10 @@ async def _read_body(request: Request) -> dict[str, Any]:
     if content_type == "multipart/form-data" or content_type == "application/x-www-form-urlencoded":
         try:
             form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
-        except MultiPartException as exc:
-            raise bad_request(f"Malformed form body: {exc.message}", code="invalid_body") from None
+        except (MultiPartException, StarletteHTTPException) as exc:  # Starlette turns the first into the second
+            detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+            raise bad_request(f"Malformed form body: {detail} Send text fields only, at most {MAX_FORM_FIELDS}, "
+                              "with the boundary named in Content-Type.", code="invalid_body") from None
         return form_to_dict(list(form.multi_items()))
     if content_type in ("application/json", ""):
         return json_to_dict(await request.body())
