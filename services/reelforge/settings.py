@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
 
     max_body_bytes: int = 64 * 1024
+    # A create body is at most max_body_bytes: even a slow mobile link sends it well within this.
+    body_read_timeout_s: float = Field(default=30.0, gt=0, description="a request body not fully received "
+                                       "this long after the gateway starts reading it is refused with 408")
+
+    # C2PA Content Credentials on every MP4 (docs/security.md); unset: the MP4 carries provenance tags only.
+    c2pa_cert_chain: Path | None = Field(
+        default=None, description="PEM: the signing certificate first, then intermediates, never the root")
+    c2pa_private_key: Path | None = Field(default=None, description="PEM private key of the signing certificate")
+    c2pa_trust_anchors: Path | None = Field(
+        default=None, description="PEM root(s) that `reelforge provenance verify` reports as Trusted")
 
     webhook_timeout_s: float = Field(default=15.0, gt=0, description="connect, send and read budget of one attempt")
     webhook_retry_schedule_s: list[Annotated[float, Field(ge=0)]] = Field(
@@ -116,6 +126,12 @@ class Settings(BaseSettings):
     def visibility_timeout_s(self) -> int:
         # Above the hard limit, so a long but healthy task is never redelivered while it still runs.
         return self.broker_visibility_timeout_s or self.gpu_task_time_limit_s * 2 + 60
+
+    @model_validator(mode="after")
+    def _c2pa_chain_and_key_together(self) -> Settings:
+        if (self.c2pa_cert_chain is None) != (self.c2pa_private_key is None):
+            raise ValueError("set both REELFORGE_C2PA_CERT_CHAIN and REELFORGE_C2PA_PRIVATE_KEY, or neither")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

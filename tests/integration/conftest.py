@@ -163,6 +163,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver) -> Itera
 
 
 @pytest.fixture(scope="session")
+def gateway_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Redis, SeaweedFS and the gateway, no workers: for the bad-input tests, whose accepted jobs only queue."""
+    yield from running_stack(tmp_path_factory, "gateway-only", {"workers": ()}, REELFORGE_BODY_READ_TIMEOUT_S="3")
+
+
+@pytest.fixture(scope="session")
 def receiver() -> Iterator[WebhookReceiver]:
     hooks = WebhookReceiver()
     yield hooks

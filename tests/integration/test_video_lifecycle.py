@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import av
 import httpx
@@ -12,13 +13,14 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from reelforge.core.storage import ObjectStore, staging_key
 from reelforge.devstack.stack import Stack
+from reelforge.provenance.credentials import verify
 from tests.integration.conftest import WebhookReceiver, wait_delivery, wait_terminal
 
 pytestmark = pytest.mark.integration
 
 
 def test_prompt_to_mp4_with_signed_webhook(
-    api: httpx.Client, stack: Stack, receiver: WebhookReceiver, storage: ObjectStore
+    api: httpx.Client, stack: Stack, receiver: WebhookReceiver, storage: ObjectStore, tmp_path: Path
 ) -> None:
     created = api.post("/v1/videos", json={
         "prompt": "a red circle moving left on a black background", "size": "128x64", "seconds": "2",
@@ -45,7 +47,14 @@ def test_prompt_to_mp4_with_signed_webhook(
         assert (stream.codec_context.width, stream.codec_context.height) == (128, 64)
         assert stream.average_rate == 12
         assert container.metadata.get("reelforge_job_id") == video["id"]
+        # the GPU worker's ready file names the engine it loaded: "reelforge-mini <weights version>"
+        engine_version = (stack.config.data_dir / "run" / "gpu.ready").read_text().split()[1]
+        assert container.metadata.get("reelforge_model_version") == engine_version
     assert len(frames) == 24 and frames[0].shape == (64, 128, 3)
+    (tmp_path / "video.mp4").write_bytes(mp4.content)
+    credentials = verify(tmp_path / "video.mp4", Path(stack.info["c2pa_trust_anchors"]))
+    assert credentials.state == "Trusted", credentials.failures
+    assert credentials.claim and credentials.claim["job_id"] == video["id"]
 
     thumb = api.get(f"/v1/videos/{video['id']}/content", params={"variant": "thumbnail"})
     sprites = api.get(f"/v1/videos/{video['id']}/content", params={"variant": "spritesheet"})

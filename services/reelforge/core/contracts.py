@@ -105,6 +105,8 @@ class PostprocessMessage(BaseModel):
     width: int
     height: int
     fps: int
+    # The engine's weights version, for the MP4's provenance tags; messages from older workers lack it.
+    model_version: str = "unknown"
 
 
 WebhookEventType = Literal["video.completed", "video.failed", "video.cancelled"]

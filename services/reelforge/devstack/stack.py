@@ -26,6 +26,7 @@ from reelforge.core.storage import ObjectStore
 from reelforge.core.tenants import TenantRegistry
 from reelforge.devstack.client import STACK_INFO
 from reelforge.devstack.processes import ManagedProcess, free_port, start_redis, start_seaweedfs, start_triton
+from reelforge.provenance.credentials import DEV_CHAIN_NAME, DEV_KEY_NAME, DEV_ROOT_NAME, write_dev_chain
 
 DEV_TENANT = "dev"
 DEV_S3_ACCESS_KEY = "reelforge-dev"
@@ -169,6 +170,7 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
             "REELFORGE_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "REELFORGE_S3_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY,
             "REELFORGE_S3_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,
+            **_dev_content_credentials(data_dir),
             **config.env,
         }
         triton_info: dict[str, str] = {}
@@ -230,11 +232,22 @@ def start_stack(config: StackConfig, echo: Callable[[str], None] = lambda _: Non
         "logs": str(data_dir / "logs"),
         "metrics": metrics_targets,
         "engine_backend": config.engine_backend,
+        "c2pa_trust_anchors": env["REELFORGE_C2PA_TRUST_ANCHORS"],
         **triton_info,
         "pids": {name: proc.pid for name, proc in components.items()},
     }
     _write_info(data_dir, info)
     return Stack(config=config, info=info, env=env, components=components, _starters=starters)
+
+
+def _dev_content_credentials(data_dir: Path) -> dict[str, str]:
+    """A development C2PA signing chain, made once per data dir: every MP4 of the stack is signed."""
+    folder = data_dir / "provenance"
+    paths = [folder / name for name in (DEV_CHAIN_NAME, DEV_KEY_NAME, DEV_ROOT_NAME)]
+    if not all(path.exists() for path in paths):
+        paths = list(write_dev_chain(folder))
+    names = ("REELFORGE_C2PA_CERT_CHAIN", "REELFORGE_C2PA_PRIVATE_KEY", "REELFORGE_C2PA_TRUST_ANCHORS")
+    return {name: str(path.resolve()) for name, path in zip(names, paths)}
 
 
 def stop_detached(data_dir: Path, timeout_s: float = 20.0) -> bool:

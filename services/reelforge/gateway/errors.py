@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -14,6 +17,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reelforge.core.store import out_of_memory
 
 log = structlog.get_logger("reelforge.gateway")
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """The OpenAI error envelope, as documented in the OpenAPI schema for every error status."""
+
+    error: ErrorDetail
+
+
+# Every status a /v1 route may answer besides 200; the OpenAPI schema lists them so clients (and
+# schemathesis) know the shape of each.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "invalid request: the message names the parameter and what to change",
+        401: "missing or unknown API key",
+        404: "no such video for this API key, or its content is not ready",
+        409: "conflict: Idempotency-Key reused with another body, or the video cannot be cancelled",
+        413: "request body too large",
+        415: "unsupported Content-Type",
+        429: "rate limit or quota reached; retry after Retry-After seconds",
+        503: "overloaded or a dependency is down; retry after Retry-After seconds",
+    }.items()
+}
 
 
 class APIError(Exception):

@@ -29,7 +29,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                   telemetry=TELEMETRY)
     app.state.runtime = rt
     # Starlette's own max_body_size answers 413 in plain text, replacing any response: not our envelope.
-    app.add_middleware(BodySizeLimit, max_bytes=rt.settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=rt.settings.max_body_bytes,
+                       read_timeout_s=rt.settings.body_read_timeout_s)
     app.add_middleware(RequestTelemetry)  # added last: outermost, so it also sees the body limit's 413s
     app.state.creator = AsyncJobCreator(async_redis_client(rt.settings.redis_url))
     install_error_handlers(app)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import unicodedata
 from typing import Any
@@ -31,6 +32,9 @@ MAX_METADATA_VALUE = 512
 PRODUCTION_WEBHOOKS = TargetPolicy(allow_private=False)
 MAX_SEED = 2**32 - 1
 ALLOWED_CONTROL = {"\n", "\t"}
+# A \uD800-\uDFFF escape: JSON lets a client spell an unpaired UTF-16 surrogate, which no UTF-8 encoder
+# (Redis, our own responses) accepts.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class CreateVideoBody(BaseModel):
@@ -206,6 +210,39 @@ def parse_create(raw: dict[str, Any], webhook_policy: TargetPolicy = PRODUCTION_
     return _resolve(body, spec), body
 
 
+def json_to_dict(raw: bytes) -> dict[str, Any]:
+    """A JSON request body -> the request object; every way the bytes can be wrong is a 400."""
+    try:
+        # Strict UTF-8 (RFC 8259), decoded here: json.loads on bytes would also take UTF-16/32 and let
+        # encoded surrogates through (it decodes with surrogatepass).
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("Request body is not valid UTF-8; send JSON encoded as UTF-8.", code="invalid_json") from None
+    return _json_object(text, "Request body", None)
+
+
+def _json_object(text: str, what: str, param: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"{what} is not valid JSON ({exc}); send a JSON object.", param, "invalid_json") from None
+    except RecursionError:
+        raise bad_request(f"{what} nests arrays or objects too deeply; send a flat JSON object.", param,
+                          "invalid_json") from None
+    except ValueError:  # an integer literal longer than Python converts (4300 digits)
+        raise bad_request(f"{what} holds a number with too many digits; seeds are at most 10 digits.", param,
+                          "invalid_json") from None
+    if not isinstance(value, dict):
+        raise bad_request(f"{what} must be a JSON object.", param, "invalid_json")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise bad_request(f"{what} contains an unpaired UTF-16 surrogate escape (\\ud800-\\udfff); "
+                              "send valid Unicode text.", param, "invalid_json") from None
+    return value
+
+
 def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
     """Multipart fields -> the JSON shape. metadata may come as JSON text or as metadata[key] fields
     (how SDKs flatten nested objects in forms)."""
@@ -219,10 +256,7 @@ def form_to_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
         elif key in raw:
             raise bad_request(f"'{key}' was sent more than once.", key)
         elif key == "metadata":
-            try:
-                raw[key] = json.loads(value)
-            except json.JSONDecodeError:
-                raise bad_request("'metadata' must be a JSON object of string pairs.", "metadata") from None
+            raw[key] = _json_object(value, "'metadata'", "metadata")
         else:
             raw[key] = value
     if metadata:

@@ -147,7 +147,7 @@ def _request_for(job: JobRecord) -> GenerationRequest:
     )
 
 
-def _postprocess_message(job: JobRecord) -> PostprocessMessage:
+def _postprocess_message(job: JobRecord, model_version: str) -> PostprocessMessage:
     return PostprocessMessage(
         job_id=job.id,
         staging_key=staging_key(job.tenant, job.id),
@@ -155,6 +155,7 @@ def _postprocess_message(job: JobRecord) -> PostprocessMessage:
         width=job.width,
         height=job.height,
         fps=job.fps,
+        model_version=model_version,
     )
 
 
@@ -224,7 +225,7 @@ def run_generate(rt: Runtime, engine: VideoEngine, job_id: str) -> bool:
     if attempt == 0:
         # Redelivery after the frames were staged: the hand-off may have been lost with the worker.
         if job.status == Status.in_progress and Phase(job.phase) in POSTPROCESS_PHASES:
-            rt.publisher.postprocess(_postprocess_message(job))
+            rt.publisher.postprocess(_postprocess_message(job, engine.version))
         log.info("generate_skipped", status=job.status, phase=job.phase)
         return True
     lease = Lease(rt, job_id, attempt)
@@ -281,7 +282,7 @@ def _attempt(rt: Runtime, engine: VideoEngine, job: JobRecord, attempt: int, lea
                                f"the engine failed: {type(exc).__name__}: {exc}")
 
     get_quality_sampler(rt).offer(job.model, frames, job.prompt)
-    message = _postprocess_message(job)
+    message = _postprocess_message(job, engine.version)
     clock.enter("staging")
     try:
         data = frames_to_bytes(frames)
