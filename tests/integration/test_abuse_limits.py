@@ -184,8 +184,11 @@ def test_create_writes_its_audit_entry_with_key_and_trace(store: JobStore) -> No
 
 def test_audit_streams_are_trimmed(store: JobStore) -> None:
     item = audit.AuditEntry("acme", "cli", "api_key.create", "key_x", "ok")
-    for _ in range(1200):
-        audit.record(store.redis, item, max_entries=100)
+    pipe = store.redis.pipeline(transaction=False)
+    for _ in range(1200):  # a long history, written untrimmed in one round trip
+        pipe.xadd(AUDIT_KEY, item.fields())  # type: ignore[arg-type]
+    pipe.execute()
+    audit.record(store.redis, item, max_entries=100)
     assert 100 <= store.redis.xlen(AUDIT_KEY) < 300  # MAXLEN ~ trims whole nodes: about, never unbounded
 
 
