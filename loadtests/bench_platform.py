@@ -132,7 +132,11 @@ def throughput_rounds(targets: dict[str, tuple[str, dict[str, str], int]], args:
 
 
 def bench_create(args: argparse.Namespace, work: Path) -> tuple[dict[str, float], dict[str, float]]:
-    stack = start_stack(StackConfig(data_dir=work / "create", gateway_port=free_port(), workers=()))
+    # No workers drain these jobs: the limits that would refuse them (on by default) are turned off, so the
+    # benchmark measures the create path with every check in it but no refusals.
+    unlimited = {"REELFORGE_RATE_LIMIT_PER_S": "0", "REELFORGE_MAX_CONCURRENT_JOBS": "0",
+                 "REELFORGE_ADMISSION_MAX_QUEUE_DEPTH": "0", "REELFORGE_ADMISSION_MAX_QUEUE_AGE_S": "0"}
+    stack = start_stack(StackConfig(data_dir=work / "create", gateway_port=free_port(), workers=(), env=unlimited))
     port = free_port()
     bare = ManagedProcess.spawn(
         "bare", [sys.executable, "-m", "uvicorn", "loadtests.bare_app:app", "--port", str(port),

@@ -310,22 +310,45 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _registry() -> TenantRegistry:
+    from redis import Redis
+
+    from reelforge.core.tenants import TenantRegistry
+    from reelforge.settings import get_settings
+
+    return TenantRegistry(Redis.from_url(get_settings().redis_url))
+
+
+def _audit_key_change(registry: TenantRegistry, tenant: str, action: str, key_id: str) -> None:
+    from reelforge.core import audit
+    from reelforge.settings import get_settings
+
+    audit.record(registry.redis, audit.entry(tenant, audit.cli_actor(), action, key_id),
+                 get_settings().audit_max_entries)
+
+
+_SCOPE_OPTION = click.option(
+    "--scope", "scopes", multiple=True, type=click.Choice(["create", "read", "admin"]),
+    help="Repeat for several. create: POST create/cancel/delete; read: GET videos and content; admin: the "
+         "audit log. Default: create and read.")
+
+
 @keys.command("create")
 @click.option("--tenant", required=True)
 @click.option("--name", default="default")
-def keys_create(tenant: str, name: str) -> None:
+@_SCOPE_OPTION
+def keys_create(tenant: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create an API key for TENANT; the key is printed once and stored only hashed."""
-    from redis import Redis
+    from reelforge.core.tenants import InvalidTenant
 
-    from reelforge.core.tenants import InvalidTenant, TenantRegistry
-    from reelforge.settings import get_settings
-
-    registry = TenantRegistry(Redis.from_url(get_settings().redis_url))
+    registry = _registry()
     try:
-        key_id, api_key = registry.create_key(tenant, name)
+        key_id, api_key = registry.create_key(tenant, name, scopes)
     except InvalidTenant as exc:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
-    click.echo(json.dumps({"tenant": tenant, "key_id": key_id, "api_key": api_key,
+    _audit_key_change(registry, tenant, "api_key.create", key_id)
+    info = next(i for i in registry.list_keys(tenant) if i.key_id == key_id)
+    click.echo(json.dumps({"tenant": tenant, "key_id": key_id, "api_key": api_key, "scopes": list(info.scopes),
                            "webhook_secret": registry.webhook_secret(tenant)}))
 
 
@@ -334,16 +357,14 @@ def keys_create(tenant: str, name: str) -> None:
 @click.option("--name", default="imported", show_default=True)
 @click.option("--api-key", envvar="REELFORGE_IMPORT_API_KEY", required=True, show_envvar=True,
               help="The key to register; prefer the environment variable: a command line is visible to others.")
-def keys_import(tenant: str, name: str, api_key: str) -> None:
+@_SCOPE_OPTION
+def keys_import(tenant: str, name: str, api_key: str, scopes: tuple[str, ...]) -> None:
     """Register an API key made outside reelforge (a Kubernetes Secret) for TENANT; safe to repeat."""
-    from redis import Redis
+    from reelforge.core.tenants import InvalidKey, InvalidTenant
 
-    from reelforge.core.tenants import InvalidKey, InvalidTenant, TenantRegistry
-    from reelforge.settings import get_settings
-
-    registry = TenantRegistry(Redis.from_url(get_settings().redis_url))
+    registry = _registry()
     try:
-        key_id = registry.import_key(tenant, api_key, name)
+        key_id = registry.import_key(tenant, api_key, name, scopes)
     except InvalidTenant as exc:
         raise click.BadParameter(str(exc), param_hint="--tenant") from None
     except InvalidKey as exc:
@@ -386,13 +407,89 @@ def webhooks_enable_endpoint(tenant: str, url: str) -> None:
     click.echo(json.dumps({"tenant": tenant, "url": url, "disabled": False}))
 
 
-def _registry() -> TenantRegistry:
-    from redis import Redis
 
-    from reelforge.core.tenants import TenantRegistry
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per key instead of a table.")
+def keys_list(tenant: str | None, as_json: bool) -> None:
+    """List API keys (never their secrets): id, tenant, name, scopes, created, revoked, last used."""
+    from dataclasses import asdict
+
+    rows = _registry().list_keys(tenant)
+    if as_json:
+        for info in rows:
+            click.echo(json.dumps(asdict(info)))
+        return
+    table = [("KEY ID", "TENANT", "NAME", "SCOPES", "CREATED", "REVOKED", "LAST USED")]
+    table += [(i.key_id, i.tenant, i.name, ",".join(i.scopes), _when(i.created_at), _when(i.revoked_at),
+               _when(i.last_used_at)) for i in rows]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID: every gateway refuses it (401) from its next request on."""
+    from reelforge.core.tenants import UnknownKey
+
+    registry = _registry()
+    try:
+        info, newly = registry.revoke(key_id)
+    except UnknownKey as exc:
+        raise click.ClickException(str(exc)) from None
+    if newly:
+        _audit_key_change(registry, info.tenant, "api_key.revoke", key_id)
+    click.echo(json.dumps({"key_id": key_id, "tenant": info.tenant, "revoked": True,
+                           "revoked_at": _when(info.revoked_at), "already_revoked": not newly}))
+
+
+@main.command()
+@click.option("--tenant", required=True)
+@click.option("--rate", type=click.FloatRange(min=0), default=None,
+              help="Creates per second (token refill); 0 turns the rate limit off for the tenant.")
+@click.option("--burst", type=click.IntRange(min=1), default=None, help="Creates at once (bucket size).")
+@click.option("--max-concurrent", type=click.IntRange(min=0), default=None,
+              help="Jobs queued or running at once; 0 turns the quota off for the tenant.")
+@click.option("--reset", is_flag=True, help="Drop the tenant's overrides: the REELFORGE_* settings apply.")
+def limits(tenant: str, rate: float | None, burst: int | None, max_concurrent: int | None, reset: bool) -> None:
+    """Show or override one tenant's rate limit and concurrent-job quota (effective at once)."""
+    from reelforge.core.tenants import LIMIT_FIELDS, InvalidTenant
     from reelforge.settings import get_settings
 
-    return TenantRegistry(Redis.from_url(get_settings().redis_url))
+    registry = _registry()
+    changes: dict[str, float | None] = dict.fromkeys(LIMIT_FIELDS) if reset else {}
+    given = {"rate_per_s": rate, "burst": burst, "max_concurrent_jobs": max_concurrent}
+    changes.update({field: value for field, value in given.items() if value is not None})
+    try:
+        overrides = registry.set_limits(tenant, changes) if changes else registry.limit_overrides(tenant)
+    except InvalidTenant as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from None
+    settings = get_settings()
+    effective = {"rate_per_s": float(overrides.get("rate_per_s", settings.rate_limit_per_s)),
+                 "burst": int(overrides.get("burst", settings.rate_limit_burst)),
+                 "max_concurrent_jobs": int(overrides.get("max_concurrent_jobs", settings.max_concurrent_jobs))}
+    click.echo(json.dumps({"tenant": tenant, "overrides": overrides, "effective": effective}))
+
+
+@main.command("audit")
+@click.option("--tenant", default=None, help="Only this tenant's entries (default: every tenant's).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+def audit_log(tenant: str | None, limit: int) -> None:
+    """Print the newest audit log entries, newest first, one JSON object per line."""
+    from reelforge.core import audit
+
+    for item in audit.read(_registry().redis, tenant, limit):
+        click.echo(json.dumps(item))
 
 
 @main.command("storage-init")

@@ -5,11 +5,12 @@ Validated at start-up: a production deployment refuses development-only convenie
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -118,6 +119,30 @@ class Settings(BaseSettings):
         default=None, description="OTLP/HTTP traces URL; unset uses OTEL_EXPORTER_OTLP_* or http://localhost:4318"
     )
 
+    # Security and abuse (docs/security.md). Per-tenant overrides of the three limits live in Redis
+    # (`reelforge limits`), so they change without a restart.
+    rate_limit_per_s: float = Field(default=5.0, ge=0, description="creates per second a tenant's token bucket "
+                                    "refills; 0 turns the rate limit off")
+    rate_limit_burst: int = Field(default=50, ge=1, description="token bucket size: creates a tenant may send at once")
+    max_concurrent_jobs: int = Field(default=100, ge=0, description="jobs a tenant may have queued or running at "
+                                     "once; 0 turns the quota off")
+    concurrency_retry_after_s: int = Field(default=5, ge=1, description="Retry-After of a concurrent-job quota 429")
+    admission_max_queue_depth: int = Field(default=1000, ge=0, description="create answers 503 while a GPU queue "
+                                           "(or the outbox) holds more messages; 0 turns the check off")
+    admission_max_queue_age_s: float = Field(default=600.0, ge=0, description="create answers 503 while the oldest "
+                                             "waiting message of a GPU queue (or the outbox) is older; 0: off")
+    admission_check_interval_s: float = Field(default=1.0, gt=0, description="how long a gateway process reuses "
+                                              "its last reading of the queues")
+    admission_retry_after_s: int = Field(default=15, ge=1, description="Retry-After of an overload 503")
+    prompt_blocklist: list[str] = Field(default_factory=list, description="words or phrases refused in prompts: "
+                                        "case-insensitive, whole words, after Unicode NFKC normalisation")
+    prompt_blocklist_regexes: list[str] = Field(default_factory=list, description="regular expressions refused "
+                                                "in prompts, matched case-insensitively on the normalised prompt")
+    prompt_classifier: str | None = Field(default=None, description="'package.module:function' deciding on each "
+                                          "prompt before enqueue (docs/security.md, Prompt policy)")
+    audit_max_entries: int = Field(default=100_000, ge=100, description="audit stream length kept (approximate "
+                                   "MAXLEN), for all tenants and for each tenant")
+
     @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url
@@ -152,6 +177,16 @@ class Settings(BaseSettings):
                 "REELFORGE_ENGINE_FACTORY is a test hook; unset it, or set REELFORGE_ENVIRONMENT=development"
             )
         return self
+
+    @field_validator("prompt_blocklist_regexes")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"prompt_blocklist_regexes: {pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
 
 
 @lru_cache(maxsize=1)

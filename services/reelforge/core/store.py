@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis import Redis
@@ -16,20 +17,30 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from reelforge.core.contracts import Phase, Status
+from reelforge.core.contracts import TERMINAL_STATUSES, Phase, Status
 from reelforge.core.jobs import GPU_PHASES, JobRecord, allowed_sources, now_ms
 
 PREFIX = "rf"
 
-# KEYS[1] job hash. ARGV[1] comma-separated allowed current statuses, ARGV[2] comma-separated allowed
-# current phases ("" = any), ARGV[3..] field/value pairs. Returns 1 applied, 0 refused, -1 missing.
+# KEYS[1] job hash, KEYS[2] active jobs (job id -> tenant), KEYS[3] active count per tenant. ARGV[1]
+# comma-separated allowed current statuses, ARGV[2] comma-separated allowed current phases ("" = any),
+# ARGV[3] the job id when the target status is terminal (its quota slot is released in the same script,
+# so a slot is freed exactly once: HDEL answers 1 only to the first), else "". ARGV[4..] field/value
+# pairs. Returns 1 applied, 0 refused, -1 missing.
 _TRANSITION = """
 local cur = redis.call('HMGET', KEYS[1], 'status', 'phase', 'deleted')
 if not cur[1] then return -1 end
 if cur[3] == '1' then return 0 end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. cur[1] .. ',', 1, true) then return 0 end
 if ARGV[2] ~= '' and not string.find(',' .. ARGV[2] .. ',', ',' .. cur[2] .. ',', 1, true) then return 0 end
-if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+if #ARGV > 3 then redis.call('HSET', KEYS[1], unpack(ARGV, 4)) end
+if ARGV[3] ~= '' then
+  local tenant = redis.call('HGET', KEYS[2], ARGV[3])
+  if tenant then
+    redis.call('HDEL', KEYS[2], ARGV[3])
+    if redis.call('HINCRBY', KEYS[3], tenant, -1) <= 0 then redis.call('HDEL', KEYS[3], tenant) end
+  end
+end
 return 1
 """
 
@@ -64,25 +75,100 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS[1] job hash, KEYS[2] tenant index, KEYS[3] idempotency key (or ""), KEYS[4] outbox. ARGV[1] job
-# id, ARGV[2] idempotency record JSON, ARGV[3] idempotency TTL s, ARGV[4] outbox entry, ARGV[5..] job
-# fields. Returns {1, job id} when created, {0, prior idempotency record} when the key was used before.
+# KEYS: 1 job hash, 2 tenant index, 3 idempotency key (or ""), 4 outbox, 5 the caller's API key record
+# (or "": not checked), 6 tenant info (limit overrides), 7 the tenant's token bucket, 8 active jobs, 9
+# active count per tenant, 10 audit stream, 11 the tenant's audit stream.
+# ARGV: 1 job id, 2 idempotency record JSON, 3 idempotency TTL s, 4 outbox entry, 5 tenant, 6 rate per s
+# (0 = no limit), 7 burst, 8 max concurrent jobs (0 = no limit), 9 audit MAXLEN, 10 key id, 11 trace id,
+# 12.. job fields.
+# Returns {1, job id} when created; {0, prior idempotency record} when the key was used before; {-1, ""}
+# for a key revoked since the gateway cached it; {-2, ms until a token} when the rate limit refuses;
+# {-3, limit} when the concurrent-job quota is full.
 # The outbox entry is written in the same script as the job (transactional outbox): a job that exists
-# is always enqueued eventually, even if the gateway dies right after answering.
+# is always enqueued eventually, even if the gateway dies right after answering. Its quota slot and its
+# audit entry are written there too: no job without both.
 _CREATE = """
+if KEYS[5] ~= '' then
+  local key = redis.call('HMGET', KEYS[5], 'tenant', 'revoked_at')
+  if key[1] ~= ARGV[5] or key[2] then return {-1, ''} end
+end
 if KEYS[3] ~= '' then
   local prior = redis.call('GET', KEYS[3])
   if prior then return {0, prior} end
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3]))
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+local o = redis.call('HMGET', KEYS[6], 'rate_per_s', 'burst', 'max_concurrent_jobs')
+local rate, burst, max_jobs = tonumber(o[1] or ARGV[6]), tonumber(o[2] or ARGV[7]), tonumber(o[3] or ARGV[8])
+if max_jobs > 0 and tonumber(redis.call('HGET', KEYS[9], ARGV[5]) or '0') >= max_jobs then
+  return {-3, tostring(max_jobs)}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if rate > 0 then
+  local b = redis.call('HMGET', KEYS[7], 'tokens', 'ms')
+  local tokens = burst
+  if b[1] then tokens = math.min(burst, tonumber(b[1]) + math.max(0, now - tonumber(b[2])) * rate / 1000) end
+  if tokens < 1 then return {-2, tostring(math.ceil((1 - tokens) * 1000 / rate))} end
+  redis.call('HSET', KEYS[7], 'tokens', tostring(tokens - 1), 'ms', tostring(now))
+  redis.call('PEXPIRE', KEYS[7], math.ceil(burst * 1000 / rate) + 1000)
+end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3])) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 redis.call('LPUSH', KEYS[4], ARGV[4])
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[5])
+redis.call('HINCRBY', KEYS[9], ARGV[5], 1)
+local entry = {'tenant', ARGV[5], 'key_id', ARGV[10], 'action', 'video.create', 'resource', ARGV[1],
+               'outcome', 'ok', 'trace_id', ARGV[11]}
+redis.call('XADD', KEYS[10], 'MAXLEN', '~', ARGV[9], '*', unpack(entry))
+redis.call('XADD', KEYS[11], 'MAXLEN', '~', ARGV[9], '*', unpack(entry))
 return {1, ARGV[1]}
 """
 
 OUTBOX_KEY = f"{PREFIX}:outbox"
 OUTBOX_INFLIGHT_KEY = f"{PREFIX}:outbox:inflight"
+# Jobs queued or running, job id -> tenant, and their count per tenant: the concurrent-job quota.
+ACTIVE_JOBS_KEY = f"{PREFIX}:active:jobs"
+ACTIVE_COUNT_KEY = f"{PREFIX}:active:count"
+AUDIT_KEY = f"{PREFIX}:audit"
+
+
+def tenant_audit_key(tenant: str) -> str:
+    return f"{PREFIX}:audit:tenant:{tenant}"
+
+
+def tenant_info_key(tenant: str) -> str:
+    return f"{PREFIX}:tenantinfo:{tenant}"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the create script checks and records besides the job: the caller's key (re-checked there,
+    so a key revoked after the gateway cached it is refused at once), the tenant's limits (settings;
+    overrides in the tenant record win) and the audit entry's fields."""
+
+    key_record: str = ""
+    key_id: str = ""
+    trace_id: str | None = None
+    rate_per_s: float = 0.0
+    burst: int = 1
+    max_concurrent_jobs: int = 0
+    audit_max_entries: int = 100_000
+
+
+class KeyRevoked(Exception):
+    pass
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after_ms: int) -> None:
+        super().__init__(retry_after_ms)
+        self.retry_after_ms = retry_after_ms
+
+
+class ConcurrencyLimited(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
 
 
 # Jobs that used up their GPU attempts and webhook events that used up their deliveries, newest last,
@@ -106,11 +192,28 @@ def parse_outbox_entry(entry: str) -> tuple[str, str, str | None]:
     return priority, job_id, rest[0] if rest else None
 
 
-def _create_call(job: JobRecord, idempotency: tuple[str, str] | None, ttl_s: int) -> tuple[list[str], list[Any]]:
+def _create_call(job: JobRecord, idempotency: tuple[str, str] | None, ttl_s: int,
+                 admission: Admission) -> tuple[list[str], list[Any]]:
     idem_key = f"{PREFIX}:idem:{job.tenant}:{idempotency[0]}" if idempotency else ""
     idem_record = json.dumps({"job_id": job.id, "body": idempotency[1]}) if idempotency else ""
-    keys = [JobStore.job_key(job.id), JobStore.tenant_index_key(job.tenant), idem_key, OUTBOX_KEY]
-    return keys, [job.id, idem_record, ttl_s, outbox_entry(job), *_flatten(job.to_hash())]
+    keys = [JobStore.job_key(job.id), JobStore.tenant_index_key(job.tenant), idem_key, OUTBOX_KEY,
+            admission.key_record, tenant_info_key(job.tenant), f"{PREFIX}:ratelimit:{job.tenant}",
+            ACTIVE_JOBS_KEY, ACTIVE_COUNT_KEY, AUDIT_KEY, tenant_audit_key(job.tenant)]
+    args = [job.id, idem_record, ttl_s, outbox_entry(job), job.tenant, repr(float(admission.rate_per_s)),
+            admission.burst, admission.max_concurrent_jobs, admission.audit_max_entries, admission.key_id,
+            admission.trace_id or "", *_flatten(job.to_hash())]
+    return keys, args
+
+
+def _refusal(status: int, value: bytes | str) -> Exception | None:
+    """The core exception for a create the script refused (rate, quota, revoked key); None otherwise."""
+    if status == -1:
+        return KeyRevoked()
+    if status == -2:
+        return RateLimited(int(value))
+    if status == -3:
+        return ConcurrencyLimited(int(value))
+    return None
 
 
 def _prior_job_id(value: bytes | str, idempotency: tuple[str, str] | None) -> str:
@@ -189,14 +292,18 @@ class JobStore:
         return f"{PREFIX}:tenant:{tenant}:videos"
 
     def create(
-        self, job: JobRecord, idempotency: tuple[str, str] | None = None, idempotency_ttl_s: int = 86400
+        self, job: JobRecord, idempotency: tuple[str, str] | None = None, idempotency_ttl_s: int = 86400,
+        admission: Admission = Admission(),
     ) -> tuple[JobRecord, bool]:
         """Persist a new job. With (key, body_hash), a repeated key returns the first job instead.
 
-        Raises IdempotencyConflict when the key was used with a different body.
+        Raises IdempotencyConflict when the key was used with a different body; KeyRevoked, RateLimited
+        or ConcurrencyLimited when admission refuses it (nothing is written then).
         """
-        keys, args = _create_call(job, idempotency, idempotency_ttl_s)
+        keys, args = _create_call(job, idempotency, idempotency_ttl_s, admission)
         created, value = self._create(keys=keys, args=args)
+        if (refused := _refusal(created, value)) is not None:
+            raise refused
         if created:
             return job, True
         prior_id = _prior_job_id(value, idempotency)
@@ -240,9 +347,10 @@ class JobStore:
         payload = {"status": str(to), **(fields or {})}
         if to is not Status.in_progress:
             payload[f"at:{to}"] = str(now_ms())
+        release = job_id if to in TERMINAL_STATUSES else ""
         applied = self._transition(
-            keys=[self.job_key(job_id)],
-            args=[_csv(sources), _csv(from_phases), *_flatten(payload)],
+            keys=[self.job_key(job_id), ACTIVE_JOBS_KEY, ACTIVE_COUNT_KEY],
+            args=[_csv(sources), _csv(from_phases), release, *_flatten(payload)],
         )
         return int(applied) == 1
 
@@ -250,7 +358,8 @@ class JobStore:
         """Write progress fields while the job is in progress. False means stop: it was cancelled,
         failed or deleted meanwhile."""
         applied = self._transition(
-            keys=[self.job_key(job_id)], args=[str(Status.in_progress), "", *_flatten(fields)]
+            keys=[self.job_key(job_id), ACTIVE_JOBS_KEY, ACTIVE_COUNT_KEY],
+            args=[str(Status.in_progress), "", "", *_flatten(fields)],
         )
         return int(applied) == 1
 
@@ -270,6 +379,10 @@ class JobStore:
 
     def release_gpu_lease(self, job_id: str, attempt: int) -> None:
         self._release_gpu_lease(keys=[self.gpu_lease_key(job_id)], args=[attempt])
+
+    def active_jobs(self, tenant: str) -> int:
+        """Jobs of tenant queued or running: what its concurrent-job quota counts."""
+        return int(self.redis.hget(ACTIVE_COUNT_KEY, tenant) or 0)
 
     def dead_letter(self, kind: str, entry: Mapping[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -292,10 +405,12 @@ class AsyncJobCreator:
         self._create = redis.register_script(_CREATE)
 
     async def create(
-        self, job: JobRecord, idempotency: tuple[str, str] | None, idempotency_ttl_s: int
+        self, job: JobRecord, idempotency: tuple[str, str] | None, idempotency_ttl_s: int, admission: Admission
     ) -> tuple[JobRecord, bool]:
-        keys, args = _create_call(job, idempotency, idempotency_ttl_s)
+        keys, args = _create_call(job, idempotency, idempotency_ttl_s, admission)
         created, value = await self._create(keys=keys, args=args)
+        if (refused := _refusal(created, value)) is not None:
+            raise refused
         if created:
             return job, True
         prior_id = _prior_job_id(value, idempotency)

@@ -23,7 +23,7 @@ import httpx
 from redis import Redis
 
 from reelforge.core.storage import ObjectStore
-from reelforge.core.tenants import TenantRegistry
+from reelforge.core.tenants import SCOPES, TenantRegistry
 from reelforge.devstack.client import STACK_INFO
 from reelforge.devstack.processes import ManagedProcess, free_port, start_redis, start_seaweedfs, start_triton
 from reelforge.provenance.credentials import DEV_CHAIN_NAME, DEV_KEY_NAME, DEV_ROOT_NAME, write_dev_chain
@@ -108,7 +108,7 @@ def _dev_credentials(data_dir: Path, registry: TenantRegistry) -> tuple[str, str
         principal = registry.authenticate(api_key)
         if principal is not None:
             return principal.tenant, api_key
-    _, api_key = registry.create_key(DEV_TENANT, name="dev")
+    _, api_key = registry.create_key(DEV_TENANT, name="dev", scopes=SCOPES)  # admin too: the audit log
     path.write_text(api_key + "\n")
     path.chmod(0o600)
     return DEV_TENANT, api_key

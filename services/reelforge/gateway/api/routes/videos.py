@@ -10,13 +10,27 @@ from fastapi.responses import StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
-from reelforge.core import videos
+from reelforge.core import audit, videos
 from reelforge.core.contracts import VideoObject
 from reelforge.core.jobs import JobRecord
 from reelforge.core.storage import ObjectNotFound, asset_key
-from reelforge.core.store import AsyncJobCreator, IdempotencyConflict
+from reelforge.core.store import (
+    AsyncJobCreator,
+    ConcurrencyLimited,
+    IdempotencyConflict,
+    KeyRevoked,
+    RateLimited,
+)
+from reelforge.core.tenants import Principal
 from reelforge.core.webhook_targets import TargetPolicy
-from reelforge.gateway.deps import PrincipalDep, RuntimeDep, authenticate
+from reelforge.gateway.abuse import (
+    admission_for,
+    check_prompt,
+    check_queues,
+    concurrency_limited,
+    rate_limited,
+)
+from reelforge.gateway.deps import CreatePrincipal, ReadPrincipal, RuntimeDep, authenticate, invalid_key
 from reelforge.gateway.errors import ERROR_RESPONSES, APIError, bad_request, not_found
 from reelforge.gateway.lists import PageDep, list_object
 from reelforge.gateway.validation import (
@@ -69,6 +83,11 @@ def _owned(rt: Runtime, tenant: str, video_id: str) -> JobRecord:
     return job
 
 
+def _audit(rt: Runtime, principal: Principal, action: str, video_id: str, outcome: str = "ok") -> None:
+    audit.record(rt.redis, audit.entry(principal.tenant, principal.key_id, action, video_id, outcome),
+                 rt.settings.audit_max_entries)
+
+
 def _video_response(job: JobRecord, headers: dict[str, str] | None = None) -> Response:
     # Serialised once by pydantic-core; skips FastAPI's second validation of the return value.
     return Response(job.video_json(), media_type="application/json", headers=headers)
@@ -78,7 +97,7 @@ def _video_response(job: JobRecord, headers: dict[str, str] | None = None) -> Re
 async def create_video(request: Request) -> Response:
     """The hot path: authentication, state and headers are read directly; resolving them as injected
     dependencies cost 14 % of the gateway's CPU per create."""
-    principal = await authenticate(request)
+    principal = await authenticate(request, "create", cached=True)
     rt: Runtime = request.app.state.runtime
     creator: AsyncJobCreator = request.app.state.creator
     idempotency_key = request.headers.get("idempotency-key")
@@ -86,23 +105,32 @@ async def create_video(request: Request) -> Response:
         raise bad_request(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters.", "Idempotency-Key")
     policy = TargetPolicy(allow_private=rt.settings.webhook_allow_private)
     params, body = parse_create(await _read_body(request), policy)
+    await check_prompt(request, principal, params.prompt)
     if params.webhook_url is not None:
         await run_in_threadpool(check_webhook_destination, params.webhook_url, policy)
+    await check_queues(request, params.priority)
     job = videos.new_job(principal.tenant, **params.model_dump(), traceparent=current_traceparent())
     idempotency = (idempotency_key, request_hash(body)) if idempotency_key else None
     try:
-        stored, created = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s)
+        stored, created = await creator.create(job, idempotency, rt.settings.idempotency_ttl_s,
+                                               admission_for(rt.settings, principal))
     except IdempotencyConflict:
         raise APIError(409, "This Idempotency-Key was already used with a different request body; use a "
                             "new key for a new request.", param="Idempotency-Key",
                        code="idempotency_key_reused") from None
+    except KeyRevoked:
+        raise invalid_key() from None
+    except RateLimited as exc:
+        raise rate_limited(exc) from None
+    except ConcurrencyLimited as exc:
+        raise concurrency_limited(exc, rt.settings) from None
     if created:
         metrics.job_created(stored)
     return _video_response(stored)
 
 
 @router.get("")
-def list_videos(rt: RuntimeDep, principal: PrincipalDep, page: PageDep) -> dict[str, Any]:
+def list_videos(rt: RuntimeDep, principal: ReadPrincipal, page: PageDep) -> dict[str, Any]:
     if page.after is not None and rt.store.get_for_tenant(principal.tenant, page.after) is None:
         raise bad_request(f"'after' must be the id of one of your videos; '{page.after}' is not.", "after")
     jobs, has_more = rt.store.list(principal.tenant, page.after, page.limit, page.order)
@@ -110,27 +138,31 @@ def list_videos(rt: RuntimeDep, principal: PrincipalDep, page: PageDep) -> dict[
 
 
 @router.get("/{video_id}", response_model=VideoObject)
-def retrieve_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
+def retrieve_video(video_id: str, rt: RuntimeDep, principal: ReadPrincipal) -> Response:
     job = _owned(rt, principal.tenant, video_id)
     headers = None if job.is_terminal else {"openai-poll-after-ms": POLL_AFTER_MS}
     return _video_response(job, headers)
 
 
 @router.post("/{video_id}/cancel")
-def cancel_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> VideoObject:
+def cancel_video(video_id: str, rt: RuntimeDep, principal: CreatePrincipal) -> VideoObject:
     """reelforge extension: stop a queued or running job but keep its record."""
     job = _owned(rt, principal.tenant, video_id)
     try:
-        return videos.cancel(rt, job).to_video()
+        cancelled = videos.cancel(rt, job).to_video()
     except videos.NotCancellable as exc:
+        _audit(rt, principal, "video.cancel", video_id, "video_not_cancellable")
         raise APIError(409, f"Video '{video_id}' is already {exc.status} and cannot be cancelled.",
                        param="video_id", code="video_not_cancellable") from None
+    _audit(rt, principal, "video.cancel", video_id)
+    return cancelled
 
 
 @router.delete("/{video_id}")
-def delete_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> dict[str, Any]:
+def delete_video(video_id: str, rt: RuntimeDep, principal: CreatePrincipal) -> dict[str, Any]:
     job = _owned(rt, principal.tenant, video_id)
     videos.delete(rt, job)
+    _audit(rt, principal, "video.delete", video_id)
     return {"id": video_id, "object": "video.deleted", "deleted": True}
 
 
@@ -138,7 +170,7 @@ def delete_video(video_id: str, rt: RuntimeDep, principal: PrincipalDep) -> dict
 def download_content(
     video_id: str,
     rt: RuntimeDep,
-    principal: PrincipalDep,
+    principal: ReadPrincipal,
     variant: Literal["video", "thumbnail", "spritesheet"] = "video",
 ) -> StreamingResponse:
     job = _owned(rt, principal.tenant, video_id)
