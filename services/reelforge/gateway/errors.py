@@ -38,9 +38,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         400: "invalid request: the message names the parameter and what to change",
-        401: "missing or unknown API key",
-        404: "no such video for this API key, or its content is not ready",
+        401: "missing, unknown or revoked API key",
+        403: "the API key lacks the scope this operation needs",
+        404: "no such resource for this API key, or its content is not ready",
         409: "conflict: Idempotency-Key reused with another body, or the video cannot be cancelled",
+        408: "the request body did not arrive in time",
         413: "request body too large",
         415: "unsupported Content-Type",
         429: "rate limit or quota reached; retry after Retry-After seconds",

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 
 from reelforge.core import audit
 from reelforge.gateway.deps import AdminPrincipal, RuntimeDep
-from reelforge.gateway.errors import bad_request
+from reelforge.gateway.errors import ERROR_RESPONSES, bad_request
 
-router = APIRouter(prefix="/v1/organization/audit_logs", tags=["audit"])
+router = APIRouter(prefix="/v1/organization/audit_logs", tags=["audit"], responses=ERROR_RESPONSES)
 
 _ENTRY_ID = re.compile(r"^\d{1,19}-\d{1,19}$")  # a Redis stream id; larger numbers would not parse there
 

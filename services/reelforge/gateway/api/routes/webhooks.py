@@ -12,10 +12,10 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from reelforge.gateway.deps import PrincipalDep, RuntimeDep
-from reelforge.gateway.errors import APIError, bad_request
+from reelforge.gateway.errors import ERROR_RESPONSES, APIError, bad_request
 from reelforge.gateway.lists import PageDep, list_object
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
 
 READ_ONLY = {"x-reelforge-scope": "read"}
 CREATE = {"x-reelforge-scope": "create"}
