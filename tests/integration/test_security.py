@@ -20,6 +20,7 @@ from redis import Redis
 from reelforge.celery_app import celery_app
 from reelforge.cli import main
 from reelforge.core.contracts import Status
+from reelforge.core.deliveries import DeliveryStore
 from reelforge.core.lifecycle import Publisher
 from reelforge.core.store import ACTIVE_COUNT_KEY, OUTBOX_KEY, JobStore
 from reelforge.core.tenants import TenantRegistry
@@ -224,7 +225,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClie
         admission_max_queue_depth=3, admission_check_interval_s=0.05)
     redis = redis_client(url)
     rt = Runtime(settings=settings, redis=redis, store=JobStore(redis), tenants=TenantRegistry(redis),
-                 storage=build_storage(settings), publisher=Publisher(celery_app))
+                 storage=build_storage(settings), publisher=Publisher(celery_app),
+                 deliveries=DeliveryStore(redis, settings.asset_ttl_s))
     with TestClient(create_app(rt)) as app:
         yield app, redis
     proc.stop()
