@@ -4,7 +4,6 @@ store's create and transition scripts on a real redis-server."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from redis import Redis
@@ -22,18 +21,9 @@ from reelforge.core.store import (
     RateLimited,
 )
 from reelforge.core.tenants import TenantRegistry
-from reelforge.devstack.processes import free_port, start_redis
 from tests.integration.test_job_store import job
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    port = free_port()
-    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
-    yield Redis(port=port)
-    proc.stop()
 
 
 @pytest.fixture()
