@@ -56,10 +56,22 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool, e
 
     config = StackConfig(data_dir=data_dir.resolve(), gateway_port=port, redis_port=redis_port,
                          s3_port=s3_port, engine_backend=engine_backend, gpu_concurrency=gpu_concurrency)
+    # Ctrl-C aborts a start (start_stack stops what it started), even where SIGINT arrives ignored: a
+    # shell without job control starts background commands, and all their children, with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         stack = start_stack(config, echo=lambda line: click.echo(line, err=True))
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    if not detach:  # from here a signal only asks the loop below to stop, wherever it lands
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     info = stack.info
     click.echo(f"gateway:        {info['gateway_url']}")
     click.echo(f"api key:        {info['api_key']}  (tenant {info['tenant']})")
@@ -70,22 +82,12 @@ def up(data_dir: Path, port: int, redis_port: int, s3_port: int, detach: bool, e
         click.echo(f"stop with:      reelforge down --data-dir {data_dir}")
         return
     click.echo("running; Ctrl-C stops everything", err=True)
-    stopping = False
-
-    def _stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while not stopping:
-            dead = stack.dead_components()
-            if dead:
-                click.echo(f"component(s) exited: {', '.join(dead)}; stopping the stack", err=True)
-                break
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+    while not stopping:
+        dead = stack.dead_components()
+        if dead:
+            click.echo(f"component(s) exited: {', '.join(dead)}; stopping the stack", err=True)
+            break
+        time.sleep(1)
     stack.stop()
 
 

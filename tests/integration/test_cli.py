@@ -58,8 +58,11 @@ def alive(pid: int) -> bool:
 
 def test_up_in_the_foreground_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     data_dir = tmp_path / "fg"
+    # Started with SIGINT ignored, as a shell without job control starts a background command (CI
+    # scripts, nohup ... &): SIGINT must stop the stack all the same.
     up = subprocess.Popen([sys.executable, "-m", "reelforge.cli", "up", "--data-dir", str(data_dir), "--port",
-                           str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     info_file = data_dir / "stack.json"
     deadline = time.monotonic() + 120
     while not info_file.exists() and up.poll() is None and time.monotonic() < deadline:
