@@ -13,10 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reelforge.engine.checkpoints import MANIFEST, WeightsError, sha256_of, student_file
+from reelforge.engine.checkpoints import MANIFEST, WeightsError, load_dit, load_vae, sha256_of, student_file
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.training.cli import model
+from reelforge.training.distill import DISTILL_PRESETS, distill
+from reelforge.training.train_vae import OptimConfig
 
 # The module fixture trains all four stages inside the first test: minutes on a loaded 2-core machine.
 pytestmark = pytest.mark.timeout(900)
@@ -73,12 +75,36 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
 def test_each_stage_lowers_its_loss(run: tuple[Path, dict[str, str]]) -> None:
     stages = _manifest(run[0])["stages"]
     first_round = stages["distill"]["rounds"][0]  # the guided round: later ones start near their target
+    assert stages["distill"]["guidance_fold"] is None  # the default folds the guidance in round 1
     for name, losses in (("vae", stages["vae"]["losses"]), ("teacher", stages["teacher"]["losses"]),
                          ("distill", first_round["losses"])):  # fmt: skip
         first, last = losses[0][1], losses[-1][1]
         assert last < 0.8 * first, (name, losses)
     assert [r["student_steps"] for r in stages["distill"]["rounds"]] == [4, 2, 1]
     assert stages["vae"]["heldout_reconstruction"]["psnr_db"] > 10
+
+
+def test_the_guidance_folding_stage_learns_the_guided_velocity(run: tuple[Path, dict[str, str]]) -> None:
+    """Meng et al.'s stage 1, off by default: the folded model replaces the guided teacher, so every
+    halving round after it runs unguided."""
+    out, _ = run
+    cfg = replace(
+        DISTILL_PRESETS["tiny"],
+        fold_optim=OptimConfig(steps=16, lr=1e-3, warmup=2, ema_decay=0.5, log_every=4),
+    )
+    teacher = load_dit(out / "teacher.safetensors")
+    students, entry = distill(
+        cfg, teacher, load_vae(out / "vae.safetensors").eval(), seed=3, log=lambda _: None
+    )
+    losses = entry["guidance_fold"]["losses"]
+    assert losses[-1][1] < 0.8 * losses[0][1], losses
+    assert entry["guidance_fold"]["guidance_scale"] == cfg.guidance_scale > 1
+    assert [(r["student_steps"], r["guidance_scale"]) for r in entry["rounds"]] == [
+        (4, 1.0),
+        (2, 1.0),
+        (1, 1.0),
+    ]
+    assert sorted(students) == [1, 2, 4] and entry["method"].startswith("guidance folding")
 
 
 def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[str, str]]) -> None:
