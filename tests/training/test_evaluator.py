@@ -11,6 +11,7 @@ from reelforge.training.clips import NUM_PHRASINGS, ClipSpec, render, sample_spe
 from reelforge.training.evaluator import (
     ClipScore,
     PromptError,
+    _shape_classifier,
     clip_features,
     evaluate_clip,
     evaluate_set,
@@ -99,6 +100,27 @@ def test_robust_to_noise_and_blur(heldout: Heldout) -> None:
         scores.append(evaluate_clip(noisy, prompt))
     for field in ("colour_ok", "shape_ok", "direction_ok"):
         assert _accuracy(scores, field) >= 0.95, field
+
+
+def test_shape_survives_a_model_sized_blur() -> None:
+    """A 2.5-pixel blur rounds a 14-22 px object's corners the way the VAE and the DiT do. The shape
+    classifier still reads every single-object clip; nearest-template IoU read 79 % of these (2026-11-21)
+    because a rounded triangle or square overlaps the circle template most."""
+    specs = sample_specs(120, seed=17, split="heldout", two_object_fraction=0.0)
+    scores = []
+    for i, spec in enumerate(specs):
+        blurred = ndimage.gaussian_filter(render(spec).astype(np.float32), (0, 2.5, 2.5, 0))
+        scores.append(evaluate_clip(np.clip(blurred + 0.5, 0, 255).astype(np.uint8), spec.caption(i % NUM_PHRASINGS)))
+    assert _accuracy(scores, "shape_ok") >= 0.95
+
+
+def test_the_shape_classifier_is_fitted_the_same_way_every_time() -> None:
+    first = _shape_classifier()
+    _shape_classifier.cache_clear()
+    second = _shape_classifier()
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert first[0].shape == (256, 3)
 
 
 def test_consistency_drops_when_the_object_flickers_or_changes_colour() -> None:

@@ -114,6 +114,8 @@ def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[s
         assert f"| {row} |" in table
     evaluation = _manifest(out)["eval"]
     assert evaluation["table"] in table and evaluation["prompts"] == 4
+    # The evaluator's commit is recorded like every stage's: its tables compare only under the same code.
+    assert evaluation["code_commit"] == _manifest(out)["stages"]["vae"]["code_commit"]
     assert 0.0 <= evaluation["rows"]["student@4"]["colour_accuracy"] <= 1.0
 
 
