@@ -140,6 +140,24 @@ def test_the_engine_serves_the_weights_folder(run: tuple[Path, dict[str, str]]) 
     assert teacher.version.startswith("teacher-") and not teacher.students
     assert torch.equal(teacher.dit.final_layer.linear.weight, engine.dit.final_layer.linear.weight)
     assert not torch.equal(engine.students[4].final_layer.linear.weight, engine.dit.final_layer.linear.weight)
+    # Every DiT of the folder samples on the grid the students were distilled on, the teacher file too.
+    shift = _manifest(out)["stages"]["distill"]["flow_shift"]
+    assert engine.flow_shift == teacher.flow_shift == DISTILL_PRESETS["tiny"].flow_shift == shift != 1.0
+
+
+def test_a_folder_distilled_before_the_shift_was_recorded_samples_unshifted(
+    run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    out, _ = run
+    for path in out.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    manifest = _manifest(tmp_path)
+    del manifest["stages"]["distill"]["flow_shift"]
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    engine = MiniEngine(checkpoint=tmp_path)
+    assert engine.flow_shift == 1.0
+    shifted = MiniEngine(checkpoint=out).generate(REQUEST, ignore)
+    assert not np.array_equal(engine.generate(REQUEST, ignore), shifted)  # same weights, other grid
 
 
 def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

@@ -177,6 +177,7 @@ class EngineWeights:
     vae: VideoVAE
     distilled_guidance: float | None  # None when the folder holds no students
     version: str
+    flow_shift: float = 1.0  # time shift of every sampling grid: the one the students were distilled on
 
 
 def load_engine_weights(path: Path) -> EngineWeights:
@@ -184,7 +185,8 @@ def load_engine_weights(path: Path) -> EngineWeights:
     DiT alone as the teacher (it serves every step count)."""
     if not path.is_dir():
         version = f"{path.stem}-{_verified_sha256(path)[:12]}"
-        return EngineWeights(load_dit(path), {}, load_vae(verified(path.parent / VAE_FILE)), None, version)
+        shift = _flow_shift(read_manifest(path.parent))
+        return EngineWeights(load_dit(path), {}, load_vae(verified(path.parent / VAE_FILE)), None, version, shift)
     manifest = read_manifest(path)
     teacher = load_dit(verified(path / TEACHER_FILE)) if (path / TEACHER_FILE).is_file() else None
     students = {}
@@ -196,4 +198,12 @@ def load_engine_weights(path: Path) -> EngineWeights:
     # The version names the whole set: the hash of the manifest, which holds every file's sha256.
     version = f"weights+{sha256_of(path / MANIFEST)[:12]}"
     vae = load_vae(verified(path / VAE_FILE))
-    return EngineWeights(teacher, students, vae, None if distilled is None else float(distilled), version)
+    return EngineWeights(
+        teacher, students, vae, None if distilled is None else float(distilled), version, _flow_shift(manifest)
+    )
+
+
+def _flow_shift(manifest: dict[str, Any]) -> float:
+    """The distillation's grid shift, which the folder's teacher samples with too; 1 (no shift) for a
+    folder distilled before it was recorded, or never distilled."""
+    return float(manifest["stages"].get("distill", {}).get("flow_shift", 1.0))

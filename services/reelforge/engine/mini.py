@@ -28,7 +28,7 @@ from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VAE_Mini, VideoVAE
 
 INIT_SEED = 0  # weights seed for random_init; identical across workers and restarts
-FLOW_SHIFT = 1.0  # no time shift: the clips are small, and a few-step student is trained unshifted
+FLOW_SHIFT = 1.0  # time shift of the sampling grids without weights; a weights folder records its own
 RANDOM_INIT_VERSION = "0.1.0-random-init"
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 TEACHER = 0  # DiT key of the teacher; a student's key is its step count
@@ -92,12 +92,13 @@ class MiniEngine:
         self.device = torch.device(device)
         self.students: dict[int, VideoDiT] = {}
         self.distilled_guidance: float | None = None
+        self.flow_shift = FLOW_SHIFT
         if checkpoint is None and not random_init and (SHIPPED_WEIGHTS / MANIFEST).is_file():
             checkpoint = SHIPPED_WEIGHTS
         if checkpoint is not None and is_weights_path(Path(checkpoint)):
             weights = load_engine_weights(Path(checkpoint))
             self.students, self.distilled_guidance = weights.students, weights.distilled_guidance
-            self.vae, self.version = weights.vae, weights.version
+            self.vae, self.version, self.flow_shift = weights.vae, weights.version, weights.flow_shift
             # The teacher serves every request no student matches; a folder of students only falls back
             # to its most-step student (guidance then cannot be changed).
             self.dit: VideoDiT = weights.teacher or weights.students[max(weights.students)]
@@ -158,7 +159,7 @@ class MiniEngine:
             noise,
             num_steps=steps,
             guidance_scale=guidance,
-            shift=FLOW_SHIFT,
+            shift=self.flow_shift,
             on_step=lambda i: on_step(StepEvent("denoising", i, steps)),
         )  # (1, Z, T/4, H/4, W/4)
 
