@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/shape_reader_agreement.py
 
-Regenerates the 64 held-out teacher@50 clips (guidance 4, seeds 0-63, `heldout_prompts(64, 0)`) whose
-51 single-object ones a person labelled by eye on 2026-11-21: six frames of each, 3x enlarged, without
-the prompts, each labelled circle, square, triangle, or "?" where the blob showed none of them. Prints,
-for the evaluator's reader and for the template matcher it replaced: agreement with the clear labels,
-accuracy against the prompts on the 64 clips, on VAE reconstructions of 200 held-out clips, and on the
-clips themselves. The labels belong to one teacher file: another teacher gives other clips, so the script
-refuses to run on one.
+Regenerates the 64 held-out teacher@50 clips (guidance 4, no time shift, seeds 0-63,
+`heldout_prompts(64, 0)`) whose 51 single-object ones a person labelled by eye on 2026-11-21: six frames
+of each, 3x enlarged, without the prompts, each labelled circle, square, triangle, or "?" where the blob
+showed none of them. Prints, for the evaluator's reader and for the template matcher it replaced:
+agreement with the clear labels, accuracy against the prompts on the 64 clips, on VAE reconstructions of
+200 held-out clips, and on those clips themselves. The labels belong to one teacher file: another teacher
+gives other clips, so the script refuses to run on one.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     if sha256_of(SHIPPED_WEIGHTS / TEACHER_FILE) != LABELLED_TEACHER:
         raise SystemExit("the shipped teacher is not the one whose clips were labelled: relabel first")
     engine = MiniEngine(checkpoint=SHIPPED_WEIGHTS / TEACHER_FILE)
+    engine.flow_shift = 1.0  # the labelled clips were sampled unshifted, before the weights recorded a shift
     prompts = heldout_prompts(64, 0)
     clips = generate_clips(engine, prompts, 50, 4.0, 0)
     single = [i for i, p in enumerate(prompts) if len(evaluator.parse_prompt(p).objects) == 1]

@@ -3,6 +3,9 @@ served by default, and good enough that a plain prompt comes out as the evaluato
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from reelforge.core.catalog import REELFORGE_MINI
@@ -64,7 +67,12 @@ def test_manifest_records_how_each_stage_was_made() -> None:
         assert entry["code_commit"], f"{stage} has no code commit"
         assert entry["seconds"] > 0
     evaluation = manifest["eval"]
-    assert evaluation["prompts"] >= 200
+    assert evaluation["prompts"] >= 200 and evaluation["code_commit"]
+    if (Path(__file__).parents[2] / ".git").exists():  # each recorded commit is one of this repository's
+        stages = ("vae", "teacher", "distill")
+        for commit in [*(manifest["stages"][s]["code_commit"] for s in stages), evaluation["code_commit"]]:
+            found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=Path(__file__).parent)
+            assert found.returncode == 0, f"{commit} is not a commit of this checkout"
     assert set(evaluation["rows"]) >= {
         "teacher@50", "teacher@4", "student@4", "student@2", "student@1"
     }  # fmt: skip
