@@ -50,7 +50,7 @@ class DistillConfig:
     # the shifted grid and the engine samples the teacher with it too (the manifest records it). At 3, the
     # 4-step grid is 1, 0.9, 0.75, 0.5, 0: more of the steps where the layout and motion are decided. On 96
     # held-out prompts the guided teacher@50's direction rose 76.0 -> 81.2 % (guidance 4) and 77.1 ->
-    # 80.2 % (guidance 6) at equal colour (docs/model.md, section 7).
+    # 80.2 % (guidance 6) at equal colour (docs/model.md, section 8).
     flow_shift: float = 3.0
     keep_steps: tuple[int, ...] = (4, 2, 1)  # students written out; rounds run down to the smallest
     guidance_scale: float = 4.0  # folded into the students; the eval samples the teacher at the same

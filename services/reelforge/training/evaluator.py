@@ -17,7 +17,7 @@ Per clip (`evaluate_clip`):
   `_shape_classifier`), so it has no weights to ship. It replaced nearest-template soft IoU, which read
   a model's rounded triangles and lumpy squares as circles: on 51 single-object teacher clips whose
   shape one of us labelled blind (27 clear), templates agreed with the label on 8, the regression on 25;
-  on VAE reconstructions of 200 held-out clips it reads 94.5 % against 81.5 % (docs/model.md, 7).
+  on VAE reconstructions of 200 held-out clips it reads 94.5 % against 81.5 % (docs/model.md, section 7).
 - motion: a least-squares line through the mask centroid per frame; still below STILL_TRAVEL of the
   frame, otherwise the dominant axis; fast above FAST_TRAVEL.
 - consistency in [0, 1]: how steady the object's area and colour are over frames (`_consistency`).
