@@ -72,6 +72,11 @@ def create_celery(settings: Settings | None = None) -> Celery:
             "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
+        # Redis at maxmemory (noeviction, as deploy/ configures it) refuses writes with an error reply,
+        # which kombu counts as a channel error: a worker acking a finished task then died with
+        # "Unrecoverable error: OutOfMemoryError" and no later job got past its queue. Retried like a lost
+        # connection instead, the consumer reconnects with backoff; the unacked message is redelivered.
+        broker_channel_error_retry=True,
         worker_hijack_root_logger=False,
         # A GPU worker's child loads the engine in worker_process_init before it reports up; Celery's
         # 4 s default kills a child that takes longer, in a loop.
