@@ -124,10 +124,12 @@ def record(directory: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Sets manifest[stages][key] (or manifest["eval"] for key "eval"), re-hashes every weights file in
     the folder and writes the manifest atomically, so it always describes the files beside it."""
     manifest = read_manifest(directory)
-    if key == "eval":  # the evaluator is code too: a table is only comparable under the same commit
-        manifest["eval"] = {"code_commit": code_commit(), **entry}
+    # The evaluator is code too: a table is only comparable under the same commit.
+    stamped = {"code_commit": code_commit(), **entry}
+    if key == "eval":
+        manifest["eval"] = stamped
     else:
-        manifest["stages"][key] = {"code_commit": code_commit(), **entry}
+        manifest["stages"][key] = stamped
     manifest["files"] = {
         p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
         for p in sorted(directory.glob("*.safetensors"))

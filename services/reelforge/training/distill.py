@@ -104,7 +104,7 @@ def round_loss(
     data: LatentDataset,
     batch: int,
     generator: torch.Generator,
-    flow_shift: float = 1.0,
+    flow_shift: float,
 ) -> torch.Tensor:
     x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
     times = flow_timesteps(2 * student_steps, flow_shift).to(x0.device)  # teacher grid; the student's

@@ -319,10 +319,8 @@ def _exemplar(shape: str, rng: np.random.RandomState) -> np.ndarray:
     coverage = ndimage.gaussian_filter(coverage, rng.uniform(0, 2))
     wobble = ndimage.gaussian_filter(rng.standard_normal((_CANVAS, _CANVAS)), rng.uniform(1.5, 4))
     coverage += rng.uniform(0, 0.3) * wobble / wobble.std() * (coverage > 0.05)
-    labels, count = ndimage.label(coverage > 0.5)
-    if count == 0:
-        return np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
-    return _crop(labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:])))
+    outline = _largest_blob_per_frame((coverage > 0.5)[None])[0]  # (40, 40)
+    return _crop(outline) if outline.any() else np.zeros((CROP_SIZE, CROP_SIZE), np.float32)
 
 
 @lru_cache(maxsize=1)
