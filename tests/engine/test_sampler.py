@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from reelforge.engine.sampler import flow_timesteps, sample
+from reelforge.engine.sampler import flow_timesteps, guided_velocity, sample
 
 
 def test_timesteps_run_from_one_to_zero() -> None:
@@ -31,3 +31,33 @@ def test_guidance_extrapolates_from_unconditional_and_reports_each_step() -> Non
     # v = 1 + 3 * (2 - 1) = 4 for a total time of -1
     torch.testing.assert_close(out, torch.full_like(noise, -4.0))
     assert seen == [1, 2]
+
+
+def test_rescaled_guidance_blends_back_toward_the_conditional_spread() -> None:
+    torch.manual_seed(0)
+    v_cond, v_uncond = torch.randn(2, 4, 2, 3, 3), 0.3 * torch.randn(2, 4, 2, 3, 3)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, cond: bool) -> torch.Tensor:
+        return v_cond if cond else v_uncond
+
+    x, t = torch.zeros(2, 4, 2, 3, 3), torch.ones(2)
+    guided = guided_velocity(velocity, x, t, 4.0)
+    torch.testing.assert_close(guided, v_uncond + 4.0 * (v_cond - v_uncond))
+    torch.testing.assert_close(guided_velocity(velocity, x, t, 4.0, rescale=0.0), guided)
+    # phi = 1: the guided direction at each sample's conditional standard deviation, which guidance
+    # inflated; phi = 0.7 lands 70 % of the way there.
+    full = guided_velocity(velocity, x, t, 4.0, rescale=1.0)
+    dims = [1, 2, 3, 4]
+    torch.testing.assert_close(full.std(dim=dims), v_cond.std(dim=dims))
+    assert bool((guided.std(dim=dims) > 1.5 * v_cond.std(dim=dims)).all())
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return v / torch.linalg.vector_norm(v, dim=dims, keepdim=True)
+
+    torch.testing.assert_close(unit(full), unit(guided))
+    torch.testing.assert_close(guided_velocity(velocity, x, t, 4.0, rescale=0.7), 0.7 * full + 0.3 * guided)
+    # Without guidance there is nothing to rescale: the conditional pass alone, as students run.
+    torch.testing.assert_close(guided_velocity(velocity, x, t, 1.0, rescale=0.7), v_cond)
+    noise = torch.randn(2, 4, 2, 3, 3)
+    plain = sample(lambda x, t, cond: velocity(x, t, cond), noise, 2, 4.0)
+    assert not torch.allclose(sample(velocity, noise, 2, 4.0, guidance_rescale=0.7), plain)

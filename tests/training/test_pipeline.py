@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ REQUEST = GenerationRequest(
     guidance_scale=1.0,
     seed=7,
 )
+RESCALE = 0.5  # distilled with rescaled guidance, set on the command line over the config's
 
 
 def ignore(event: StepEvent) -> None:
@@ -48,7 +50,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     out = tmp_path_factory.mktemp("weights")
     outputs = {}
     for stage in STAGES:
-        result = CliRunner().invoke(model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3"])
+        extra = ["--guidance-rescale", str(RESCALE)] if stage == "distill" else []
+        result = CliRunner().invoke(
+            model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3", *extra]
+        )
         assert result.exit_code == 0, f"{stage}: {result.output}"
         outputs[stage] = result.output
     return out, outputs
@@ -143,21 +148,53 @@ def test_the_engine_serves_the_weights_folder(run: tuple[Path, dict[str, str]]) 
     # Every DiT of the folder samples on the grid the students were distilled on, the teacher file too.
     shift = _manifest(out)["stages"]["distill"]["flow_shift"]
     assert engine.flow_shift == teacher.flow_shift == DISTILL_PRESETS["tiny"].flow_shift == shift != 1.0
+    # ...and guides the teacher with the rescaled guidance distilled into the students.
+    rescale = _manifest(out)["stages"]["distill"]["guidance_rescale"]
+    assert engine.guidance_rescale == teacher.guidance_rescale == rescale == RESCALE
+    assert rescale != DISTILL_PRESETS["tiny"].guidance_rescale
+    assert _manifest(out)["eval"]["teacher_guidance_rescale"] == RESCALE
 
 
-def test_a_folder_distilled_before_the_shift_was_recorded_samples_unshifted(
+def _copy_editing_distill(out: Path, to: Path, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """A copy of the weights folder whose manifest's distill entry `edit` changed in place."""
+    for path in out.iterdir():
+        (to / path.name).write_bytes(path.read_bytes())
+    manifest = _manifest(to)
+    edit(manifest["stages"]["distill"])
+    (to / MANIFEST).write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_a_folder_distilled_before_the_shift_and_rescale_were_recorded_samples_unshifted_and_plain(
     run: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     out, _ = run
-    for path in out.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
-    manifest = _manifest(tmp_path)
-    del manifest["stages"]["distill"]["flow_shift"]
-    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+
+    def unrecord(distilled: dict[str, Any]) -> None:
+        del distilled["flow_shift"], distilled["guidance_rescale"]
+
+    _copy_editing_distill(out, tmp_path, unrecord)
     engine = MiniEngine(checkpoint=tmp_path)
-    assert engine.flow_shift == 1.0
+    assert engine.flow_shift == 1.0 and engine.guidance_rescale == 0.0
     shifted = MiniEngine(checkpoint=out).generate(REQUEST, ignore)
     assert not np.array_equal(engine.generate(REQUEST, ignore), shifted)  # same weights, other grid
+
+
+def test_the_recorded_rescale_guides_the_teacher_and_leaves_the_students_alone(
+    run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    out, _ = run
+    manifest = _copy_editing_distill(out, tmp_path, lambda distilled: distilled.update(guidance_rescale=0.0))
+    plain, rescaled = MiniEngine(checkpoint=tmp_path), MiniEngine(checkpoint=out)
+    guidance = manifest["stages"]["distill"]["guidance_scale"]
+    teacher_request = replace(REQUEST, num_steps=8, guidance_scale=guidance)
+    student_request = replace(REQUEST, num_steps=4, guidance_scale=guidance)
+    assert not np.array_equal(
+        plain.generate(teacher_request, ignore), rescaled.generate(teacher_request, ignore)
+    )
+    np.testing.assert_array_equal(
+        plain.generate(student_request, ignore), rescaled.generate(student_request, ignore)
+    )
 
 
 def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

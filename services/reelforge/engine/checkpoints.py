@@ -180,6 +180,7 @@ class EngineWeights:
     distilled_guidance: float | None  # None when the folder holds no students
     version: str
     flow_shift: float = 1.0  # time shift of every sampling grid: the one the students were distilled on
+    guidance_rescale: float = 0.0  # phi of the teacher's guided sampling: the one distilled into the students
 
 
 def load_engine_weights(path: Path) -> EngineWeights:
@@ -187,8 +188,10 @@ def load_engine_weights(path: Path) -> EngineWeights:
     DiT alone as the teacher (it serves every step count)."""
     if not path.is_dir():
         version = f"{path.stem}-{_verified_sha256(path)[:12]}"
-        shift = _flow_shift(read_manifest(path.parent))
-        return EngineWeights(load_dit(path), {}, load_vae(verified(path.parent / VAE_FILE)), None, version, shift)
+        manifest = read_manifest(path.parent)
+        vae = load_vae(verified(path.parent / VAE_FILE))
+        shift, rescale = _flow_shift(manifest), _guidance_rescale(manifest)
+        return EngineWeights(load_dit(path), {}, vae, None, version, shift, rescale)
     manifest = read_manifest(path)
     teacher = load_dit(verified(path / TEACHER_FILE)) if (path / TEACHER_FILE).is_file() else None
     students = {}
@@ -200,12 +203,18 @@ def load_engine_weights(path: Path) -> EngineWeights:
     # The version names the whole set: the hash of the manifest, which holds every file's sha256.
     version = f"weights+{sha256_of(path / MANIFEST)[:12]}"
     vae = load_vae(verified(path / VAE_FILE))
-    return EngineWeights(
-        teacher, students, vae, None if distilled is None else float(distilled), version, _flow_shift(manifest)
-    )
+    distilled_guidance = None if distilled is None else float(distilled)
+    shift, rescale = _flow_shift(manifest), _guidance_rescale(manifest)
+    return EngineWeights(teacher, students, vae, distilled_guidance, version, shift, rescale)
 
 
 def _flow_shift(manifest: dict[str, Any]) -> float:
     """The distillation's grid shift, which the folder's teacher samples with too; 1 (no shift) for a
     folder distilled before it was recorded, or never distilled."""
     return float(manifest["stages"].get("distill", {}).get("flow_shift", 1.0))
+
+
+def _guidance_rescale(manifest: dict[str, Any]) -> float:
+    """The rescaled-guidance phi distilled into the students, which the folder's teacher samples with
+    too; 0 (plain classifier-free guidance) for a folder distilled before it was recorded."""
+    return float(manifest["stages"].get("distill", {}).get("guidance_rescale", 0.0))

@@ -93,12 +93,14 @@ class MiniEngine:
         self.students: dict[int, VideoDiT] = {}
         self.distilled_guidance: float | None = None
         self.flow_shift = FLOW_SHIFT
+        self.guidance_rescale = 0.0  # rescaled-guidance phi of guided (teacher) sampling; a folder records its own
         if checkpoint is None and not random_init and (SHIPPED_WEIGHTS / MANIFEST).is_file():
             checkpoint = SHIPPED_WEIGHTS
         if checkpoint is not None and is_weights_path(Path(checkpoint)):
             weights = load_engine_weights(Path(checkpoint))
             self.students, self.distilled_guidance = weights.students, weights.distilled_guidance
             self.vae, self.version, self.flow_shift = weights.vae, weights.version, weights.flow_shift
+            self.guidance_rescale = weights.guidance_rescale
             # The teacher serves every request no student matches; a folder of students only falls back
             # to its most-step student (guidance then cannot be changed).
             self.dit: VideoDiT = weights.teacher or weights.students[max(weights.students)]
@@ -161,6 +163,7 @@ class MiniEngine:
             guidance_scale=guidance,
             shift=self.flow_shift,
             on_step=lambda i: on_step(StepEvent("denoising", i, steps)),
+            guidance_rescale=self.guidance_rescale,
         )  # (1, Z, T/4, H/4, W/4)
 
         on_step(StepEvent("decoding", steps, steps))

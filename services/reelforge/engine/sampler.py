@@ -22,15 +22,25 @@ def flow_timesteps(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 
 def guided_velocity(
-    velocity: Velocity, x: torch.Tensor, t: torch.Tensor, guidance_scale: float
+    velocity: Velocity, x: torch.Tensor, t: torch.Tensor, guidance_scale: float, rescale: float = 0.0
 ) -> torch.Tensor:
     """v_uncond + g * (v_cond - v_uncond); at g <= 1 only the conditional pass runs, which is also how
-    a distilled student with guidance folded into its weights is sampled."""
+    a distilled student with guidance folded into its weights is sampled.
+
+    rescale (phi in Lin et al., WACV 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", section 3.4; diffusers' guidance_rescale) blends the guided velocity with itself scaled
+    back to the conditional velocity's standard deviation per sample: guidance inflates it, which
+    here draws objects larger than the data's (docs/model.md, section 10)."""
     v_cond = velocity(x, t, True)
     if guidance_scale <= 1.0:
         return v_cond
     v_uncond = velocity(x, t, False)
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
+    guided = v_uncond + guidance_scale * (v_cond - v_uncond)  # (B, ...)
+    if rescale <= 0.0:
+        return guided
+    dims = list(range(1, guided.ndim))
+    rescaled = guided * (v_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1 - rescale) * guided
 
 
 def sample(
@@ -40,14 +50,16 @@ def sample(
     guidance_scale: float,
     shift: float = 1.0,
     on_step: Callable[[int], None] | None = None,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
     """Integrate from noise (t = 1) to a clean latent (t = 0); on_step(i) after step i = 1..num_steps.
-    Whatever on_step raises propagates, which is how a caller stops a run between steps."""
+    Whatever on_step raises propagates, which is how a caller stops a run between steps.
+    guidance_rescale: phi of guided_velocity, used only where guidance_scale > 1."""
     times = flow_timesteps(num_steps, shift).to(noise.device)
     x = noise
     for i in range(num_steps):
         t = times[i].expand(x.shape[0])  # (B,)
-        v = guided_velocity(velocity, x, t, guidance_scale)
+        v = guided_velocity(velocity, x, t, guidance_scale, guidance_rescale)
         x = x + (times[i + 1] - times[i]) * v
         if on_step is not None:
             on_step(i + 1)

@@ -122,7 +122,15 @@ def train_command(config_name: str, steps: int | None, out: Path, seed: int, dev
 
 @model.command("distill")
 @_stage_options
-def distill_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
+@click.option(
+    "--guidance-rescale",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Override the config's rescaled-guidance phi (0: plain classifier-free guidance; Lin et al. 2024).",
+)
+def distill_command(
+    config_name: str, steps: int | None, out: Path, seed: int, device: str, guidance_rescale: float | None
+) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
     from reelforge.engine.checkpoints import (
         TEACHER_FILE,
@@ -139,7 +147,10 @@ def distill_command(config_name: str, steps: int | None, out: Path, seed: int, d
     start = time.perf_counter()
     vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
     teacher = load_dit(verified(_need(out / TEACHER_FILE, "train"))).to(device)
-    students, entry = distill(_with_steps(DISTILL_PRESETS[config_name], steps), teacher, vae, seed, _echo)
+    cfg = _with_steps(DISTILL_PRESETS[config_name], steps)
+    if guidance_rescale is not None:
+        cfg = dataclasses.replace(cfg, guidance_rescale=guidance_rescale)
+    students, entry = distill(cfg, teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))
     record(out, "distill", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})

@@ -54,6 +54,10 @@ class DistillConfig:
     flow_shift: float = 3.0
     keep_steps: tuple[int, ...] = (4, 2, 1)  # students written out; rounds run down to the smallest
     guidance_scale: float = 4.0  # folded into the students; the eval samples the teacher at the same
+    # phi of rescaled guidance (engine/sampler.guided_velocity): the guided teacher's velocity, blended
+    # back toward its conditional spread, is what the students learn; the engine samples the folder's
+    # guided teacher with it too (the manifest records it). 0: plain classifier-free guidance.
+    guidance_rescale: float = 0.0
     # lr 2e-4: after 150 steps of round 1 its loss was 0.143 against 0.168 at 5e-5 (about where 300 steps
     # at 5e-5 had ended, 0.141), and at 5e-5 every round's loss was still falling when it stopped
     # (docs/model.md, section 5).
@@ -105,6 +109,7 @@ def round_loss(
     batch: int,
     generator: torch.Generator,
     flow_shift: float,
+    guidance_rescale: float,
 ) -> torch.Tensor:
     x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
     times = flow_timesteps(2 * student_steps, flow_shift).to(x0.device)  # teacher grid; the student's
@@ -114,8 +119,12 @@ def round_loss(
     x_t = _noised(x0, t, generator)  # (B, Z, T', H', W')
     with torch.no_grad():
         velocity = _velocity(teacher, text, mask)
-        x_mid = x_t + (t_mid - t) * guided_velocity(velocity, x_t, t.flatten(), guidance_scale)
-        x_next = x_mid + (t_next - t_mid) * guided_velocity(velocity, x_mid, t_mid.flatten(), guidance_scale)
+        x_mid = x_t + (t_mid - t) * guided_velocity(
+            velocity, x_t, t.flatten(), guidance_scale, guidance_rescale
+        )
+        x_next = x_mid + (t_next - t_mid) * guided_velocity(
+            velocity, x_mid, t_mid.flatten(), guidance_scale, guidance_rescale
+        )
         target = (x_next - x_t) / (t_next - t)  # the one-step velocity that lands where two steps did
     return F.mse_loss(student(x_t, t.flatten(), text, mask), target)
 
@@ -127,6 +136,7 @@ def fold_loss(
     data: LatentDataset,
     batch: int,
     generator: torch.Generator,
+    guidance_rescale: float,
 ) -> torch.Tensor:
     """Meng et al.'s stage 1: the student's conditional velocity against the teacher's guided one, at
     uniform t in (0, 1], so every later round's grid is covered."""
@@ -134,7 +144,7 @@ def fold_loss(
     t = 1 - torch.rand(batch, generator=generator).to(x0.device)  # (B,) in (0, 1]
     x_t = _noised(x0, t.view(-1, 1, 1, 1, 1), generator)  # (B, Z, T', H', W')
     with torch.no_grad():
-        target = guided_velocity(_velocity(teacher, text, mask), x_t, t, guidance_scale)
+        target = guided_velocity(_velocity(teacher, text, mask), x_t, t, guidance_scale, guidance_rescale)
     return F.mse_loss(student(x_t, t, text, mask), target)
 
 
@@ -157,7 +167,10 @@ def _distill_round(
     student = _student_of(teacher)
 
     def loss_at(step: int) -> torch.Tensor:
-        return round_loss(student, teacher, guidance_scale, steps, data, cfg.batch, generator, cfg.flow_shift)
+        rescale = cfg.guidance_rescale
+        return round_loss(
+            student, teacher, guidance_scale, steps, data, cfg.batch, generator, cfg.flow_shift, rescale
+        )
 
     return fit(student, loss_at, cfg.optim, log, f"distill {2 * steps}->{steps}")
 
@@ -181,7 +194,7 @@ def distill(
         student = _student_of(teacher)
 
         def loss_at(step: int) -> torch.Tensor:
-            return fold_loss(student, teacher, guidance, data, cfg.batch, generator)
+            return fold_loss(student, teacher, guidance, data, cfg.batch, generator, cfg.guidance_rescale)
 
         result = fit(student, loss_at, cfg.fold_optim, log, "distill guidance")
         folded = {
@@ -217,6 +230,7 @@ def distill(
         "batch": cfg.batch,
         "clips": cfg.clips,
         "guidance_scale": cfg.guidance_scale,
+        "guidance_rescale": cfg.guidance_rescale,  # the engine samples the folder's guided teacher with it
         "sample_students_at_guidance": 1.0,
         "flow_shift": cfg.flow_shift,  # the engine samples every DiT of this folder on grids shifted by it
         "rounds": rounds,

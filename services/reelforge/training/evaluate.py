@@ -3,7 +3,7 @@
 Each run (teacher@50, teacher@4, student@4/2/1) loads its DiT file into a MiniEngine and generates one
 64x64, 16-frame clip per held-out prompt with `MiniEngine.generate`, the code path the platform serves,
 then `evaluator.evaluate_set` scores the clips against their prompts and against real held-out clips.
-The teacher runs with classifier-free guidance at the scale its students were distilled with; the
+The teacher runs with classifier-free guidance at the scale (and rescale) its students were distilled with; the
 students run at guidance 1 (their single conditional pass), as they are served.
 """
 
@@ -85,6 +85,7 @@ def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log, device: str = 
     """Scores every run whose DiT file exists; returns the manifest's eval entry (rows and table)."""
     distilled = read_manifest(run_dir)["stages"].get("distill", {})
     teacher_guidance = float(distilled.get("guidance_scale", cfg.guidance_scale))
+    teacher_rescale = float(distilled.get("guidance_rescale", 0.0))  # the engine applies it (checkpoints.py)
     prompts = heldout_prompts(cfg.prompts, seed)
     reference = [render(spec) for spec in sample_specs(cfg.reference_clips, seed=seed + 1, split="heldout")]
     rows: dict[str, dict[str, float]] = {}
@@ -108,6 +109,7 @@ def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log, device: str = 
         "reference_clips": cfg.reference_clips,
         "data_seed": seed,
         "teacher_guidance_scale": teacher_guidance,
+        "teacher_guidance_rescale": teacher_rescale,
         "rows": rows,
         "table": markdown_table(rows),
     }
