@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from reelforge.engine.sampler import flow_timesteps, guided_velocity, sample
@@ -61,3 +62,37 @@ def test_rescaled_guidance_blends_back_toward_the_conditional_spread() -> None:
     noise = torch.randn(2, 4, 2, 3, 3)
     plain = sample(lambda x, t, cond: velocity(x, t, cond), noise, 2, 4.0)
     assert not torch.allclose(sample(velocity, noise, 2, 4.0, guidance_rescale=0.7), plain)
+
+
+def test_ancestral_sampling_draws_its_fresh_noise_from_the_generator() -> None:
+    x0, noise = torch.randn(1, 4, 2, 3, 3), torch.randn(1, 4, 2, 3, 3)
+
+    def towards_x0(x: torch.Tensor, t: torch.Tensor, cond: bool) -> torch.Tensor:
+        return (x - x0) / t.view(-1, 1, 1, 1, 1)  # the exact field of data that is x0 alone
+
+    seen: list[torch.Tensor] = []
+
+    def recording(x: torch.Tensor, t: torch.Tensor, cond: bool) -> torch.Tensor:
+        seen.append(x.clone())
+        return towards_x0(x, t, cond)
+
+    def run(seed: int, eta: float) -> torch.Tensor:
+        seen.clear()
+        out = sample(
+            recording, noise, 4, 1.0, shift=3.0, renoise=eta, generator=torch.Generator().manual_seed(seed)
+        )
+        torch.testing.assert_close(out, x0)  # re-noising a perfect x0 still lands on it
+        return torch.stack(seen)
+
+    deterministic = run(0, 0.0)
+    ancestral = run(0, 1.0)
+    assert torch.equal(ancestral, run(0, 1.0))  # one seed, one trajectory
+    assert not torch.allclose(ancestral[1:], run(1, 1.0)[1:])  # its noise comes from the generator
+    assert not torch.allclose(ancestral[1:], deterministic[1:])
+    torch.testing.assert_close(ancestral[0], deterministic[0])
+    # eta 1 keeps none of the step's own noise estimate: the state is x0 plus fresh noise only.
+    times = flow_timesteps(4, 3.0)
+    fresh = (ancestral[1] - (1 - times[1]) * x0) / times[1]
+    assert abs(float(fresh.std()) - 1.0) < 0.5 and not torch.allclose(fresh, noise)
+    with pytest.raises(ValueError, match="generator"):
+        sample(towards_x0, noise, 4, 1.0, renoise=0.5)

@@ -51,16 +51,32 @@ def sample(
     shift: float = 1.0,
     on_step: Callable[[int], None] | None = None,
     guidance_rescale: float = 0.0,
+    renoise: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Integrate from noise (t = 1) to a clean latent (t = 0); on_step(i) after step i = 1..num_steps.
     Whatever on_step raises propagates, which is how a caller stops a run between steps.
-    guidance_rescale: phi of guided_velocity, used only where guidance_scale > 1."""
+    guidance_rescale: phi of guided_velocity, used only where guidance_scale > 1.
+
+    renoise (eta): an Euler step is x' = (1 - t') x0 + t' eps with the model's x0 = x - t v and
+    eps = x + (1 - t) v; eta > 0 swaps eps for sqrt(1 - eta^2) eps + eta z, z fresh noise drawn from
+    `generator` (CPU), before every step but the last: ancestral sampling, as consistency models and
+    few-step distilled students are sampled (Song et al. 2023, multistep sampling; SDXL-Turbo's Euler
+    ancestral). 0: the deterministic Euler sampler, the teacher's, which progressive distillation
+    follows."""
     times = flow_timesteps(num_steps, shift).to(noise.device)
+    if renoise > 0.0 and generator is None:
+        raise ValueError("renoise > 0 needs a generator for the fresh noise, so a seed means one clip")
     x = noise
     for i in range(num_steps):
-        t = times[i].expand(x.shape[0])  # (B,)
-        v = guided_velocity(velocity, x, t, guidance_scale, guidance_rescale)
-        x = x + (times[i + 1] - times[i]) * v
+        t, t_next = times[i], times[i + 1]
+        v = guided_velocity(velocity, x, t.expand(x.shape[0]), guidance_scale, guidance_rescale)
+        if renoise > 0.0 and t_next > 0:
+            x0, eps = x - t * v, x + (1 - t) * v  # the step's clean latent and noise
+            z = torch.randn(x.shape, generator=generator).to(x.device)
+            x = (1 - t_next) * x0 + t_next * ((1 - renoise**2) ** 0.5 * eps + renoise * z)
+        else:
+            x = x + (t_next - t) * v
         if on_step is not None:
             on_step(i + 1)
     return x
