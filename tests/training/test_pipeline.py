@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from reelforge.engine import mini
 from reelforge.engine.checkpoints import MANIFEST, WeightsError, load_dit, load_vae, sha256_of, student_file
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
@@ -195,6 +196,21 @@ def test_the_recorded_rescale_guides_the_teacher_and_leaves_the_students_alone(
     np.testing.assert_array_equal(
         plain.generate(student_request, ignore), rescaled.generate(student_request, ignore)
     )
+
+
+def test_students_sample_ancestrally_from_the_request_seed_and_the_teacher_does_not(
+    run: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, _ = run
+    engine = MiniEngine(checkpoint=out)
+    guidance = _manifest(out)["stages"]["distill"]["guidance_scale"]
+    student, teacher = (replace(REQUEST, num_steps=n, guidance_scale=guidance) for n in (4, 8))
+    ancestral, guided = engine.generate(student, ignore), engine.generate(teacher, ignore)
+    np.testing.assert_array_equal(ancestral, engine.generate(student, ignore))  # one seed, one clip
+    assert not np.array_equal(ancestral, engine.generate(replace(student, seed=8), ignore))
+    monkeypatch.setattr(mini, "STUDENT_RENOISE", 0.0)
+    assert not np.array_equal(ancestral, engine.generate(student, ignore))  # the re-noising is in use
+    np.testing.assert_array_equal(guided, engine.generate(teacher, ignore))  # the teacher never re-noises
 
 
 def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

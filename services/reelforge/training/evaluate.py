@@ -1,10 +1,12 @@
 """Stage 4: score the teacher and the students on held-out prompts, through the serving engine.
 
-Each run (teacher@50, teacher@4, student@4/2/1) loads its DiT file into a MiniEngine and generates one
+Each run (teacher@50, teacher@4, student@4/2/1) generates through a MiniEngine one
 64x64, 16-frame clip per held-out prompt with `MiniEngine.generate`, the code path the platform serves,
 then `evaluator.evaluate_set` scores the clips against their prompts and against real held-out clips.
-The teacher runs with classifier-free guidance at the scale (and rescale) its students were distilled with; the
-students run at guidance 1 (their single conditional pass), as they are served.
+The teacher file runs alone, with classifier-free guidance at the scale (and rescale) its students were
+distilled with. The students run as they are served: the whole weights folder, asked for their step
+count at that guidance, routes each request to its student (one conditional pass a step, sampled
+ancestrally: engine/mini.STUDENT_RENOISE).
 """
 
 from __future__ import annotations
@@ -69,16 +71,16 @@ def _ignore(event: StepEvent) -> None:
     pass
 
 
+def _request(prompt: str, steps: int, guidance: float, seed: int) -> GenerationRequest:
+    return GenerationRequest(
+        prompt, "", DEFAULT_SIZE, DEFAULT_SIZE, DEFAULT_FRAMES, DEFAULT_FPS, steps, guidance, seed
+    )
+
+
 def generate_clips(
     engine: MiniEngine, prompts: list[str], steps: int, guidance: float, seed: int
 ) -> list[np.ndarray]:
-    requests = (
-        GenerationRequest(
-            p, "", DEFAULT_SIZE, DEFAULT_SIZE, DEFAULT_FRAMES, DEFAULT_FPS, steps, guidance, seed + i
-        )
-        for i, p in enumerate(prompts)
-    )
-    return [engine.generate(request, _ignore) for request in requests]
+    return [engine.generate(_request(p, steps, guidance, seed + i), _ignore) for i, p in enumerate(prompts)]
 
 
 def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log, device: str = "cpu") -> dict[str, Any]:
@@ -89,13 +91,19 @@ def evaluate(run_dir: Path, cfg: EvalConfig, seed: int, log: Log, device: str = 
     prompts = heldout_prompts(cfg.prompts, seed)
     reference = [render(spec) for spec in sample_specs(cfg.reference_clips, seed=seed + 1, split="heldout")]
     rows: dict[str, dict[str, float]] = {}
+    folder: MiniEngine | None = None  # serves the students as the platform does
     for model, steps in cfg.runs:
         path = run_dir / (TEACHER_FILE if model == "teacher" else student_file(steps))
         if not path.is_file():
             log(f"[eval] {model}@{steps}: no {path.name}, skipped")
             continue
-        engine = MiniEngine(device=device, checkpoint=path)
-        guidance = teacher_guidance if model == "teacher" else 1.0
+        if model == "teacher":  # the teacher file alone: every step count runs it, with guidance
+            engine = MiniEngine(device=device, checkpoint=path)
+        else:  # the folder at the distilled guidance routes `steps` to its student (and its sampling)
+            engine = folder = folder or MiniEngine(device=device, checkpoint=run_dir)
+            if engine.dit_key_for(_request("", steps, teacher_guidance, 0))[0] != steps:
+                raise RuntimeError(f"the weights folder does not serve {path.name} at {steps} steps")
+        guidance = teacher_guidance
         start = time.perf_counter()
         clips = generate_clips(engine, prompts, steps, guidance, seed)
         seconds = (time.perf_counter() - start) / len(prompts)
