@@ -29,9 +29,9 @@ from reelforge.engine.vae import VAE_Mini, VideoVAE
 
 INIT_SEED = 0  # weights seed for random_init; identical across workers and restarts
 # Students sample ancestrally: each step re-noises the step's clean latent with fresh noise from the
-# request's seed (engine/sampler.sample). Over the 200 eval prompts the shipped 4-step student's Frechet
-# distance fell 1.09 -> 0.85 and its speed accuracy rose 52.9 -> 66.4 %, shape 40.5 -> 44.0 %, direction
-# 77.0 -> 78.5 %, colour 88.5 -> 87.0 % (docs/model.md, section 11). The teacher stays deterministic Euler.
+# request's seed (engine/sampler.sample). Over the eval's 200 prompts the shipped 4-step student's Frechet
+# distance fell 1.09 -> 0.87, its speed accuracy rose 52.9 -> 64.3 %, shape 40.5 -> 43.0 %, direction
+# 77.0 -> 78.5 %, colour 88.5 -> 87.5 % (docs/model.md, section 11). The teacher stays deterministic Euler.
 STUDENT_RENOISE = 1.0
 FLOW_SHIFT = 1.0  # time shift of the sampling grids without weights; a weights folder records its own
 RANDOM_INIT_VERSION = "0.1.0-random-init"
