@@ -211,10 +211,14 @@ def load_engine_weights(path: Path) -> EngineWeights:
 def _flow_shift(manifest: dict[str, Any]) -> float:
     """The distillation's grid shift, which the folder's teacher samples with too; 1 (no shift) for a
     folder distilled before it was recorded, or never distilled."""
-    return float(manifest["stages"].get("distill", {}).get("flow_shift", 1.0))
+    return _distilled_setting(manifest, "flow_shift", 1.0)
 
 
 def _guidance_rescale(manifest: dict[str, Any]) -> float:
     """The rescaled-guidance phi distilled into the students, which the folder's teacher samples with
     too; 0 (plain classifier-free guidance) for a folder distilled before it was recorded."""
-    return float(manifest["stages"].get("distill", {}).get("guidance_rescale", 0.0))
+    return _distilled_setting(manifest, "guidance_rescale", 0.0)
+
+
+def _distilled_setting(manifest: dict[str, Any], key: str, default: float) -> float:
+    return float(manifest["stages"].get("distill", {}).get(key, default))

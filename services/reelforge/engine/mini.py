@@ -98,9 +98,8 @@ class MiniEngine:
         self.students: dict[int, VideoDiT] = {}
         self.distilled_guidance: float | None = None
         self.flow_shift = FLOW_SHIFT
-        self.guidance_rescale = (
-            0.0  # rescaled-guidance phi of guided (teacher) sampling; a folder records its own
-        )
+        # Rescaled-guidance phi of guided (teacher) sampling; a weights folder records its own.
+        self.guidance_rescale = 0.0
         if checkpoint is None and not random_init and (SHIPPED_WEIGHTS / MANIFEST).is_file():
             checkpoint = SHIPPED_WEIGHTS
         if checkpoint is not None and is_weights_path(Path(checkpoint)):

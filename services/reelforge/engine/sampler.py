@@ -60,7 +60,7 @@ def sample(
 
     renoise (eta): an Euler step is x' = (1 - t') x0 + t' eps with the model's x0 = x - t v and
     eps = x + (1 - t) v; eta > 0 swaps eps for sqrt(1 - eta^2) eps + eta z, z fresh noise drawn from
-    `generator` (CPU), before every step but the last: ancestral sampling, as consistency models and
+    `generator` (CPU), in every step but the last: ancestral sampling, as consistency models and
     few-step distilled students are sampled (Song et al. 2023, multistep sampling; SDXL-Turbo's Euler
     ancestral). 0: the deterministic Euler sampler, the teacher's, which progressive distillation
     follows."""
