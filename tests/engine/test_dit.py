@@ -62,3 +62,43 @@ def test_rope_angles_cover_each_token_and_half_the_head() -> None:
     angles = rope_3d((3, 4, 5), head_dim=64, theta=10000.0, device=torch.device("cpu"))
     assert angles.shape == (3 * 4 * 5, 32)
     assert angles.unique(dim=0).shape[0] == 60  # no two (t, h, w) positions rotate alike
+
+
+def test_conv_head_keeps_the_latent_shape_and_starts_at_zero() -> None:
+    torch.manual_seed(0)
+    model = DiT_Mini(conv_head=32).eval()
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.tensor([0.2, 0.7])
+    text, mask = model.null_prompt(2)
+    with torch.no_grad():
+        assert torch.count_nonzero(model(x, t, text, mask)) == 0  # zeroed linear, zeroed conv bias
+        model.final_layer.linear.weight.normal_(std=0.02)
+        model.final_layer.adaLN_modulation[-1].weight.normal_(std=0.02)
+        v = model(x, t, text, mask)
+    assert v.shape == x.shape and torch.count_nonzero(v) > 0
+
+
+def test_conv_head_mixes_neighbouring_tokens() -> None:
+    """The linear head writes each 2x2 patch from its own token only; the conv head's output at a patch's
+    edge also depends on the next token (what lets an object's outline cross the patch grid)."""
+    torch.manual_seed(0)
+    outputs = {}
+    for conv in (0, 32):
+        model = DiT_Mini(conv_head=conv, depth=1).eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "adaLN_modulation" in name or "final_layer.linear" in name:
+                    p.normal_(std=0.02)
+            # Only the output head should carry information between tokens: no attention, no MLP.
+            model.blocks[0].adaLN_modulation[-1].weight.zero_()
+            model.blocks[0].adaLN_modulation[-1].bias.zero_()
+            for p in model.blocks[0].cross.proj.parameters():
+                p.zero_()
+            x = torch.randn(1, 16, 1, 4, 4)
+            text, mask = model.null_prompt(1)
+            changed = x.clone()
+            changed[:, :, :, :2, 2:] += 1.0  # the top-right token's 2x2 cells
+            t = torch.tensor([0.5])
+            delta = model(changed, t, text, mask) - model(x, t, text, mask)
+        outputs[conv] = delta[0, :, 0, :2, 1].abs().max().item()  # cells of the top-left token next to it
+    assert outputs[0] == 0.0
+    assert outputs[32] > 1e-4
