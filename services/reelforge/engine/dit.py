@@ -30,11 +30,6 @@ class DiTConfig:
     text_len: int = 32  # TextEncoderConfig.max_length; the null prompt has this many tokens
     freq_dim: int = 256  # sinusoidal timestep features, as DiT
     pooled_text: bool = True  # add the mean of the prompt's token states to the AdaLN vector (SD3)
-    # Channels of a U-ViT output head (Bao et al., CVPR 2023, "All are Worth Words", section 3.1): the final
-    # linear writes this many features per latent cell and a 3x3 conv over the unpatchified latent mixes
-    # neighbouring tokens' cells into the velocity, so an object's edge is not cut along the 2x2 patch
-    # grid. 0: DiT's plain linear head (the weights shipped before it record none, and load as 0).
-    conv_head: int = 0
     rope_theta: float = 10000.0
     eps: float = 1e-6
 
@@ -182,7 +177,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         d = cfg.hidden
         self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=cfg.eps)
-        self.linear = nn.Linear(d, math.prod(cfg.patch) * (cfg.conv_head or cfg.latent_channels))
+        self.linear = nn.Linear(d, math.prod(cfg.patch) * cfg.latent_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -216,11 +211,6 @@ class VideoDiT(nn.Module):
         self.null_text = nn.Parameter(torch.randn(cfg.text_len, cfg.text_dim) * cfg.text_dim**-0.5)
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
         self.final_layer = FinalLayer(cfg)
-        self.out_conv = (
-            nn.Conv3d(cfg.conv_head, cfg.latent_channels, kernel_size=(1, 3, 3), padding=(0, 1, 1))
-            if cfg.conv_head
-            else None
-        )
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -246,8 +236,6 @@ class VideoDiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
-        if self.out_conv is not None:  # the zeroed linear before it already makes the output zero
-            nn.init.zeros_(self.out_conv.bias)
 
     def null_prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The learned empty prompt as (text (B, L, 384), mask (B, L)), all tokens attended."""
@@ -256,9 +244,9 @@ class VideoDiT(nn.Module):
         return text, mask
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """(B, N, pt*ph*pw*C) -> (B, C, T, H, W); C the head's channels (conv_head, else the latent's)."""
+        """(B, N, pt*ph*pw*C) -> (B, C, T, H, W)."""
         (t, h, w), (pt, ph, pw) = grid, self.config.patch
-        x = x.view(x.shape[0], t, h, w, pt, ph, pw, -1)
+        x = x.view(x.shape[0], t, h, w, pt, ph, pw, self.config.latent_channels)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, t, pt, h, ph, w, pw)
         return x.reshape(x.shape[0], -1, t * pt, h * ph, w * pw)
 
@@ -283,11 +271,8 @@ class VideoDiT(nn.Module):
         text = self.text_embedder(text.to(x.dtype))  # (B, L, D)
         for block in self.blocks:
             x = block(x, c, text, text_mask, rope)  # (B, N, D)
-        x = self.final_layer(x, c)  # (B, N, pt*ph*pw*C'), C' = conv_head or C
-        x = self.unpatchify(x, grid)  # (B, C', T, H, W)
-        if self.out_conv is not None:
-            x = self.out_conv(x)  # (B, C, T, H, W)
-        return x
+        x = self.final_layer(x, c)  # (B, N, pt*ph*pw*C)
+        return self.unpatchify(x, grid)  # (B, C, T, H, W)
 
 
 def DiT_Mini(**kw: object) -> VideoDiT:

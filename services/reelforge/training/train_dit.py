@@ -75,9 +75,7 @@ def sample_batch(
 class DiTTrainConfig:
     # 2.5 M parameters, 5.0 MB in float16: a teacher, three students and the 8.0 MB VAE make 28 MB, under
     # the 30 MB the package ships; a step at batch 16 took 0.53 s on 2 CPU cores (5000 steps: 45 min).
-    # conv_head 32: on the 12-clip overfit test its loss after 800 steps was 0.264 against 0.289 for the
-    # plain linear head, same batches, for 3 % more time a step (docs/model.md, section 12).
-    dit: DiTConfig = DiTConfig(hidden=160, depth=4, heads=2, conv_head=32)
+    dit: DiTConfig = DiTConfig(hidden=160, depth=4, heads=2)
     # lr 1e-3: on 16 clips it had by step 300 the loss 5e-4 had at step 400 (docs/model.md, section 3).
     optim: OptimConfig = OptimConfig(steps=5000, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50, cosine=True)
     batch: int = 16
@@ -92,7 +90,7 @@ class DiTTrainConfig:
 DIT_PRESETS = {
     "default": DiTTrainConfig(),
     "tiny": DiTTrainConfig(
-        dit=DiTConfig(hidden=64, depth=2, heads=2, conv_head=8),
+        dit=DiTConfig(hidden=64, depth=2, heads=2),
         optim=OptimConfig(steps=40, lr=2e-3, warmup=5, ema_decay=0.9, log_every=5),
         batch=8,
         clips=32,
