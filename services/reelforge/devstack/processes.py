@@ -95,13 +95,21 @@ class ManagedProcess:
 
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM the process group, wait up to timeout (default: this process's own), then SIGKILL."""
+        stop_together([self], timeout)
+
+    def _terminate(self) -> bool:
+        """SIGTERM the group once; False when there is nothing left to stop."""
         if self._stopped or not self.alive:
             self._stopped = True
-            return
+            return False
         self._stopped = True
         self._signal_group(signal.SIGTERM)
+        return True
+
+    def _reap(self, deadline: float) -> None:
+        """After _terminate: wait for the leader until deadline (monotonic), then SIGKILL the group."""
         try:
-            self._popen.wait(self.stop_timeout_s if timeout is None else timeout)
+            self._popen.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self._signal_group(signal.SIGKILL)
             self._popen.wait()
@@ -134,6 +142,16 @@ class ManagedProcess:
             os.killpg(self._popen.pid, signum)
         except ProcessLookupError:
             pass
+
+
+def stop_together(processes: Sequence[ManagedProcess], timeout: float | None = None) -> None:
+    """Stop processes that may stop in any order among themselves: SIGTERM every group at once, then
+    reap each by its own deadline (timeout, default its stop_timeout_s, from the signal) and SIGKILL
+    what outlives it. Several slow stoppers cost the longest grace, not the sum of them."""
+    signalled_at = time.monotonic()
+    stopping = [process for process in processes if process._terminate()]
+    for process in stopping:
+        process._reap(signalled_at + (process.stop_timeout_s if timeout is None else timeout))
 
 
 def start_redis(
