@@ -39,6 +39,7 @@ REQUEST = GenerationRequest(
     seed=7,
 )
 RESCALE = 0.5  # distilled with rescaled guidance, set on the command line over the config's
+T_SHIFT = 2.5  # the teacher trains on shifted t, also set on the command line
 
 
 def ignore(event: StepEvent) -> None:
@@ -51,7 +52,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     out = tmp_path_factory.mktemp("weights")
     outputs = {}
     for stage in STAGES:
-        extra = ["--guidance-rescale", str(RESCALE)] if stage == "distill" else []
+        extra = {
+            "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT)],
+            "distill": ["--guidance-rescale", str(RESCALE)],
+        }.get(stage, [])
         result = CliRunner().invoke(
             model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3", *extra]
         )
@@ -76,6 +80,11 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
         assert manifest["stages"][stage]["data_seed"] == 3
         assert "code_commit" in manifest["stages"][stage]
     assert manifest["stages"]["teacher"]["steps"] == 40
+    # The command line's time distribution overrides the config's, and the manifest says which trained it.
+    assert (manifest["stages"]["teacher"]["t_sampling"], manifest["stages"]["teacher"]["t_shift"]) == (
+        "shifted",
+        T_SHIFT,
+    )
 
 
 def test_each_stage_lowers_its_loss(run: tuple[Path, dict[str, str]]) -> None:

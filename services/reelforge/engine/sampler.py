@@ -14,11 +14,17 @@ Velocity = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
 """velocity(x, t, conditional) -> v: the model with the prompt (True) or the negative/null prompt."""
 
 
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's time shift (Esser et al. 2024): t' = s t / (1 + (s - 1) t), monotone on [0, 1] with the
+    ends fixed; s > 1 moves every t toward 1 (more noise)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def flow_timesteps(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     """num_steps + 1 times from 1 to 0. shift > 1 spends more steps at high noise, where the layout of
-    the clip is decided (SD3's time shift: t' = s t / (1 + (s - 1) t))."""
+    the clip is decided (`shift_time`)."""
     t = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
-    return (shift * t / (1 + (shift - 1) * t)).float()
+    return shift_time(t, shift).float()
 
 
 def guided_velocity(

@@ -23,6 +23,7 @@ import click
 
 DEFAULT_OUT = Path(".reelforge/model")
 CONFIG_NAMES = ("tiny", "default")
+T_SAMPLINGS = ("uniform", "logit_normal", "shifted")  # train_dit.T_SAMPLINGS, without importing torch here
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -107,14 +108,40 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int,
 
 @model.command("train")
 @_stage_options
-def train_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
+@click.option(
+    "--t-sampling",
+    type=click.Choice(T_SAMPLINGS),
+    default=None,
+    help="Override the config's training-time distribution (shifted: uniform through the sampler's "
+    "time shift).",
+)
+@click.option(
+    "--t-shift",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="Override the shift that --t-sampling shifted applies (SD3's s).",
+)
+def train_command(
+    config_name: str,
+    steps: int | None,
+    out: Path,
+    seed: int,
+    device: str,
+    t_sampling: str | None,
+    t_shift: float | None,
+) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
     from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
     from reelforge.training.train_dit import DIT_PRESETS, train_dit
 
     start = time.perf_counter()
     vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
-    teacher, entry = train_dit(_with_steps(DIT_PRESETS[config_name], steps), vae, seed, _echo)
+    cfg = _with_steps(DIT_PRESETS[config_name], steps)
+    if t_sampling is not None:
+        cfg = dataclasses.replace(cfg, t_sampling=t_sampling)
+    if t_shift is not None:
+        cfg = dataclasses.replace(cfg, t_shift=t_shift)
+    teacher, entry = train_dit(cfg, vae, seed, _echo)
     save_model(teacher, out / TEACHER_FILE)
     record(out, "teacher", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
     click.echo(f"wrote {out / TEACHER_FILE}")

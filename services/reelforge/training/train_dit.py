@@ -3,7 +3,9 @@
 Objective (rectified flow, Liu et al. 2022; flow matching, Lipman et al. 2022), in the sampler's
 convention: x_t = (1 - t) x_0 + t noise, the DiT regresses v = noise - x_0 with MSE. t is drawn
 uniform (the default: on these small latents each frame's layout is decided at high t, which must be
-trained) or logit-normal (SD3, Esser et al. 2024: more weight on mid-range t). A caption is replaced by
+trained), logit-normal (SD3, Esser et al. 2024: more weight on mid-range t), or "shifted": uniform t
+through the sampler's own time shift (`shift_time`, s = t_shift), so training sees t in the proportions
+the shifted Euler sampler visits them (as SD3 and Wan train with the shift they sample with). A caption is replaced by
 the DiT's learned null prompt with probability caption_dropout, which is what classifier-free guidance
 extrapolates from at sampling time. AdamW; the EMA weights are saved.
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from reelforge.engine.dit import DiTConfig, VideoDiT
+from reelforge.engine.sampler import shift_time
 from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VideoVAE
 from reelforge.training.clips import NUM_PHRASINGS, sample_specs
@@ -71,6 +74,10 @@ def sample_batch(
     return data.batch(index)
 
 
+TSampling = Literal["uniform", "logit_normal", "shifted"]
+T_SAMPLINGS: tuple[TSampling, ...] = ("uniform", "logit_normal", "shifted")
+
+
 @dataclass(frozen=True)
 class DiTTrainConfig:
     # 2.5 M parameters, 5.0 MB in float16: a teacher, three students and the 8.0 MB VAE make 28 MB, under
@@ -84,7 +91,8 @@ class DiTTrainConfig:
     # Uniform, not SD3's logit-normal: where each latent frame's object goes is decided at t > 0.9, which
     # logit-normal(0, 1) draws 1.4 % of the time; with it, objects faded or jumped between latent frames
     # even on 16 memorised clips (direction 31 %), with uniform t they persisted (69 %) (docs/model.md, 3).
-    t_sampling: Literal["logit_normal", "uniform"] = "uniform"
+    t_sampling: TSampling = "uniform"
+    t_shift: float = 3.0  # for t_sampling "shifted": the grid shift distillation uses (DistillConfig.flow_shift)
 
 
 DIT_PRESETS = {
@@ -98,10 +106,15 @@ DIT_PRESETS = {
 }
 
 
-def sample_t(batch: int, how: str, generator: torch.Generator) -> torch.Tensor:
+def sample_t(batch: int, how: str, generator: torch.Generator, shift: float = 3.0) -> torch.Tensor:
+    """(B,) training times in [0, 1) drawn as `how` says (see the module docstring)."""
     if how == "logit_normal":
         return torch.sigmoid(torch.randn(batch, generator=generator))  # (B,)
-    return torch.rand(batch, generator=generator)  # (B,)
+    if how == "shifted":
+        return shift_time(torch.rand(batch, generator=generator), shift)  # (B,)
+    if how == "uniform":
+        return torch.rand(batch, generator=generator)  # (B,)
+    raise ValueError(f"t_sampling {how!r}: use one of {', '.join(T_SAMPLINGS)}")
 
 
 def flow_matching_loss(
@@ -118,7 +131,7 @@ def flow_matching_loss(
     null_text, null_mask = dit.null_prompt(b)  # (B, L, 384), (B, L)
     text = torch.where(drop[:, None, None], null_text, text)  # (B, L, 384)
     mask = torch.where(drop[:, None], null_mask, mask)  # (B, L)
-    t = sample_t(b, cfg.t_sampling, generator).to(device)  # (B,)
+    t = sample_t(b, cfg.t_sampling, generator, cfg.t_shift).to(device)  # (B,)
     noise = torch.randn(x0.shape, generator=generator).to(device)  # (B, Z, T', H', W')
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1 - tt) * x0 + tt * noise  # (B, Z, T', H', W')
@@ -152,6 +165,7 @@ def train_dit(
         "clips": cfg.clips,
         "caption_dropout": cfg.caption_dropout,
         "t_sampling": cfg.t_sampling,
+        **({"t_shift": cfg.t_shift} if cfg.t_sampling == "shifted" else {}),
         "parameters": sum(p.numel() for p in dit.parameters()),
         "seconds_per_step": round(result.seconds_per_step, 4),
         "losses": result.losses,
