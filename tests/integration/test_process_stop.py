@@ -87,5 +87,5 @@ def test_reelforge_down_stops_each_stage_together(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert not any(_alive(p.pid) for p in processes)
     assert not (tmp_path / STACK_INFO).exists()
-    # One at a time: len(names) * GRACE_S = 20 s; by stage: len(STOP_STAGES) * GRACE_S = 6 s.
+    # One at a time: len(names) * GRACE_S = 18 s; by stage: len(STOP_STAGES) * GRACE_S = 6 s.
     assert len(STOP_STAGES) * GRACE_S <= elapsed < len(STOP_STAGES) * GRACE_S + 4, elapsed

@@ -5,9 +5,9 @@ convention: x_t = (1 - t) x_0 + t noise, the DiT regresses v = noise - x_0 with 
 uniform (the default: on these small latents each frame's layout is decided at high t, which must be
 trained), logit-normal (SD3, Esser et al. 2024: more weight on mid-range t), or "shifted": uniform t
 through the sampler's own time shift (`shift_time`, s = t_shift), so training sees t in the proportions
-the shifted Euler sampler visits them (as SD3 and Wan train with the shift they sample with). A caption is replaced by
-the DiT's learned null prompt with probability caption_dropout, which is what classifier-free guidance
-extrapolates from at sampling time. AdamW; the EMA weights are saved.
+the shifted Euler sampler visits them (SD3 shifts training and sampling alike at high resolution). A
+caption is replaced by the DiT's learned null prompt with probability caption_dropout, which is what
+classifier-free guidance extrapolates from at sampling time. AdamW; the EMA weights are saved.
 
 Data: `LatentDataset`, clips rendered once, encoded once by the frozen VAE (posterior means, normalised)
 and captioned in a random phrasing each; MiniLM states are computed once per unique caption.
@@ -92,7 +92,7 @@ class DiTTrainConfig:
     # logit-normal(0, 1) draws 1.4 % of the time; with it, objects faded or jumped between latent frames
     # even on 16 memorised clips (direction 31 %), with uniform t they persisted (69 %) (docs/model.md, 3).
     t_sampling: TSampling = "uniform"
-    t_shift: float = 3.0  # for t_sampling "shifted": the grid shift distillation uses (DistillConfig.flow_shift)
+    t_shift: float = 3.0  # for "shifted": distillation's grid shift (DistillConfig.flow_shift)
 
 
 DIT_PRESETS = {
@@ -106,7 +106,9 @@ DIT_PRESETS = {
 }
 
 
-def sample_t(batch: int, how: str, generator: torch.Generator, shift: float = 3.0) -> torch.Tensor:
+def sample_t(
+    batch: int, how: str, generator: torch.Generator, shift: float = DiTTrainConfig.t_shift
+) -> torch.Tensor:
     """(B,) training times in [0, 1) drawn as `how` says (see the module docstring)."""
     if how == "logit_normal":
         return torch.sigmoid(torch.randn(batch, generator=generator))  # (B,)
