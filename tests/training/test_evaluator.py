@@ -15,6 +15,7 @@ from reelforge.training.evaluator import (
     clip_features,
     evaluate_clip,
     evaluate_set,
+    foreground_share,
     frechet_distance,
     parse_prompt,
 )
@@ -173,5 +174,34 @@ def test_evaluate_set_reports_every_metric(heldout: Heldout) -> None:
     for metric in ("colour", "shape", "direction", "speed", "background"):
         assert report[f"{metric}_accuracy"] == 1.0, metric
     assert 0.9 < report["consistency"] <= 1.0 and report["frechet_distance"] >= 0.0
+    assert 0.8 < report["object_area_ratio"] < 1.25  # real clips against other real clips
     with pytest.raises(ValueError, match="as many prompts"):
         evaluate_set(clips[:3], prompts[:2], clips[:3])
+
+
+def _grown(clip: np.ndarray, pixels: int) -> np.ndarray:
+    """The clip with each frame's objects grown by `pixels` on every side, in their mean colour."""
+    video = clip.astype(np.float32)
+    background = np.median(video.reshape(len(video), -1, 3), axis=1)  # (T, 3)
+    mask = np.linalg.norm(video - background[:, None, None], axis=-1) > 60  # (T, H, W)
+    out = clip.copy()
+    for t in range(len(clip)):
+        grown = ndimage.binary_dilation(mask[t], iterations=pixels)
+        out[t][grown & ~mask[t]] = video[t][mask[t]].mean(axis=0).astype(np.uint8)
+    return out
+
+
+def test_object_area_ratio_reads_how_large_objects_are_drawn(heldout: Heldout) -> None:
+    """Objects drawn too large (as guidance and foreground-weighted losses draw them) read above 1, missing
+    objects 0, and a reference set without objects is refused rather than divided by."""
+    _, clips, prompts = heldout
+    real, reference = clips[:40], clips[40:80]
+    assert evaluate_set(real, prompts[:40], reference)["object_area_ratio"] == pytest.approx(
+        np.mean([foreground_share(c) for c in real]) / np.mean([foreground_share(c) for c in reference])
+    )
+    grown = evaluate_set([_grown(c, 3) for c in real], prompts[:40], reference)
+    assert grown["object_area_ratio"] > 1.5  # 3 px on every side of 5-12 px half-sizes: 1.7x here
+    blank = [np.zeros_like(c) for c in real]
+    assert evaluate_set(blank, prompts[:40], reference)["object_area_ratio"] == 0.0
+    with pytest.raises(ValueError, match="reference clips show no objects"):
+        evaluate_set(real, prompts[:40], blank)

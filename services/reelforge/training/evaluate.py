@@ -55,6 +55,7 @@ COLUMNS = (  # (metric key, table header, as a percentage)
     ("speed_accuracy", "speed", True),
     ("background_accuracy", "background", True),
     ("consistency", "consistency", False),
+    ("object_area_ratio", "object area", False),  # x the real clips' (evaluator.evaluate_set)
     ("frechet_distance", "Frechet dist.", False),
     ("seconds_per_clip", "s / clip", False),
 )

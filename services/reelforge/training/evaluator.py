@@ -22,7 +22,9 @@ Per clip (`evaluate_clip`):
   frame, otherwise the dominant axis; fast above FAST_TRAVEL.
 - consistency in [0, 1]: how steady the object's area and colour are over frames (`_consistency`).
 
-Per set (`evaluate_set`): mean accuracies and a Fréchet distance between features of the clips and of
+Per set (`evaluate_set`): mean accuracies, the objects' area against real clips' (guidance and
+foreground-weighted losses can draw objects too large while every accuracy holds: docs/model.md,
+sections 10-13) and a Fréchet distance between features of the clips and of
 reference clips. Features come from a fixed random 3D conv net over the frames and their differences
 (`clip_features`): random convolutions are a cheap, deterministic stand-in for I3D that needs no
 download, and the difference channels make it see motion, which pooled appearance features barely do
@@ -216,8 +218,7 @@ def evaluate_clip(frames: np.ndarray, prompt: str) -> ClipScore:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 2:
         raise ValueError(f"expected (T >= 2, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
     video = frames.astype(np.float32)  # (T, H, W, 3)
-    background = np.median(video.reshape(len(video), -1, 3), axis=1)  # (T, 3)
-    distance = np.linalg.norm(video - background[:, None, None], axis=-1)  # (T, H, W), from the background
+    background, distance = _background(video)  # (T, 3), (T, H, W)
     foreground = distance > FOREGROUND_DISTANCE
     colour_of_pixel = np.full(foreground.shape, -1)  # index into OBJECT_COLOURS, -1 on the background
     colour_of_pixel[foreground] = _nearest(_lab(video[foreground]), _lab(_rgb(OBJECT_COLOURS)))
@@ -232,6 +233,17 @@ def evaluate_clip(frames: np.ndarray, prompt: str) -> ClipScore:
     seen_background = np.median(background, axis=0, keepdims=True)  # (1, 3)
     nearest_background = _nearest(_lab(seen_background), _lab(_rgb(BACKGROUND_COLOURS)))[0]
     return ClipScore(parsed, list(BACKGROUND_COLOURS)[nearest_background], tuple(scores))
+
+
+def _background(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W, 3) float RGB -> the per-frame median colour (T, 3) and each pixel's distance from it."""
+    background = np.median(video.reshape(len(video), -1, 3), axis=1)  # (T, 3)
+    return background, np.linalg.norm(video - background[:, None, None], axis=-1)  # (T, 3), (T, H, W)
+
+
+def foreground_share(frames: np.ndarray) -> float:
+    """The share of a (T, H, W, 3) uint8 clip's pixels that `evaluate_clip` calls foreground (objects)."""
+    return float((_background(frames.astype(np.float32))[1] > FOREGROUND_DISTANCE).mean())
 
 
 def _match_colours(colour_of_pixel: np.ndarray, objects: tuple[ObjectPrompt, ...]) -> tuple[int, ...]:
@@ -463,11 +475,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
+def _area_ratio(clips: Sequence[np.ndarray], reference_clips: Sequence[np.ndarray]) -> float:
+    reference = float(np.mean([foreground_share(c) for c in reference_clips]))
+    if reference == 0.0:
+        raise ValueError("the reference clips show no objects: pass real clips (training.clips.render)")
+    return float(np.mean([foreground_share(c) for c in clips])) / reference
+
+
 def evaluate_set(
     clips: Sequence[np.ndarray], prompts: Sequence[str], reference_clips: Sequence[np.ndarray]
 ) -> dict[str, float]:
-    """Accuracies over the clips (speed over the prompts that name one), mean consistency, and the
-    Fréchet distance to reference_clips (compare distances only between sets of the same sizes)."""
+    """Accuracies over the clips (speed over the prompts that name one), mean consistency, the mean
+    foreground share of the clips over that of reference_clips (object_area_ratio: 1 when objects are
+    drawn as large as in real clips), and the Fréchet distance to reference_clips (compare distances only
+    between sets of the same sizes)."""
     if len(clips) != len(prompts) or len(clips) < 2 or len(reference_clips) < 2:
         raise ValueError("need as many prompts as clips, and at least 2 clips and 2 reference clips")
     scores = [evaluate_clip(clip, prompt) for clip, prompt in zip(clips, prompts)]
@@ -480,5 +501,6 @@ def evaluate_set(
         "speed_accuracy": float(np.mean(speeds)) if speeds else float("nan"),
         "background_accuracy": float(np.mean([s.background_ok for s in scores])),
         "consistency": float(np.mean([s.consistency for s in scores])),
+        "object_area_ratio": _area_ratio(clips, reference_clips),
         "frechet_distance": frechet_distance(clip_features(clips), clip_features(reference_clips)),
     }
