@@ -132,7 +132,7 @@ def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[s
     # The evaluator's commit is recorded like every stage's: its tables compare only under the same code.
     assert evaluation["code_commit"] == _manifest(out)["stages"]["vae"]["code_commit"]
     assert 0.0 <= evaluation["rows"]["student@4"]["colour_accuracy"] <= 1.0
-    assert "| object area |" in table.splitlines()[0]
+    assert "| object area |" in evaluation["table"].splitlines()[0]
     assert evaluation["rows"]["teacher@50"]["object_area_ratio"] >= 0.0
 
 
