@@ -15,6 +15,7 @@ from reelforge.training.evaluator import (
     clip_features,
     evaluate_clip,
     evaluate_set,
+    foreground_mask,
     foreground_share,
     frechet_distance,
     parse_prompt,
@@ -181,13 +182,11 @@ def test_evaluate_set_reports_every_metric(heldout: Heldout) -> None:
 
 def _grown(clip: np.ndarray, pixels: int) -> np.ndarray:
     """The clip with each frame's objects grown by `pixels` on every side, in their mean colour."""
-    video = clip.astype(np.float32)
-    background = np.median(video.reshape(len(video), -1, 3), axis=1)  # (T, 3)
-    mask = np.linalg.norm(video - background[:, None, None], axis=-1) > 60  # (T, H, W)
+    mask = foreground_mask(clip)  # (T, H, W)
     out = clip.copy()
     for t in range(len(clip)):
         grown = ndimage.binary_dilation(mask[t], iterations=pixels)
-        out[t][grown & ~mask[t]] = video[t][mask[t]].mean(axis=0).astype(np.uint8)
+        out[t][grown & ~mask[t]] = clip[t][mask[t]].mean(axis=0).astype(np.uint8)
     return out
 
 

@@ -185,6 +185,7 @@ class ClipScore:
     parsed: ParsedPrompt
     background: str  # nearest named background to the frames' median colour
     objects: tuple[ObjectScore, ...]  # in prompt order
+    foreground_share: float  # share of the clip's pixels read as foreground (objects): see foreground_mask
 
     @property
     def colour_ok(self) -> bool:
@@ -219,7 +220,7 @@ def evaluate_clip(frames: np.ndarray, prompt: str) -> ClipScore:
         raise ValueError(f"expected (T >= 2, H, W, 3) uint8 RGB frames, got {frames.shape} {frames.dtype}")
     video = frames.astype(np.float32)  # (T, H, W, 3)
     background, distance = _background(video)  # (T, 3), (T, H, W)
-    foreground = distance > FOREGROUND_DISTANCE
+    foreground = distance > FOREGROUND_DISTANCE  # (T, H, W)
     colour_of_pixel = np.full(foreground.shape, -1)  # index into OBJECT_COLOURS, -1 on the background
     colour_of_pixel[foreground] = _nearest(_lab(video[foreground]), _lab(_rgb(OBJECT_COLOURS)))
     names = list(OBJECT_COLOURS)
@@ -232,7 +233,8 @@ def evaluate_clip(frames: np.ndarray, prompt: str) -> ClipScore:
         scores.append(_score_object(expected, names[index], _largest_blob_per_frame(mask), video, distance))
     seen_background = np.median(background, axis=0, keepdims=True)  # (1, 3)
     nearest_background = _nearest(_lab(seen_background), _lab(_rgb(BACKGROUND_COLOURS)))[0]
-    return ClipScore(parsed, list(BACKGROUND_COLOURS)[nearest_background], tuple(scores))
+    background_name = list(BACKGROUND_COLOURS)[nearest_background]
+    return ClipScore(parsed, background_name, tuple(scores), float(foreground.mean()))
 
 
 def _background(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,9 +243,15 @@ def _background(video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return background, np.linalg.norm(video - background[:, None, None], axis=-1)  # (T, 3), (T, H, W)
 
 
+def foreground_mask(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (T, H, W) bool: the pixels `evaluate_clip` reads as objects, those more
+    than FOREGROUND_DISTANCE from their frame's median colour."""
+    return _background(frames.astype(np.float32))[1] > FOREGROUND_DISTANCE
+
+
 def foreground_share(frames: np.ndarray) -> float:
     """The share of a (T, H, W, 3) uint8 clip's pixels that `evaluate_clip` calls foreground (objects)."""
-    return float((_background(frames.astype(np.float32))[1] > FOREGROUND_DISTANCE).mean())
+    return float(foreground_mask(frames).mean())
 
 
 def _match_colours(colour_of_pixel: np.ndarray, objects: tuple[ObjectPrompt, ...]) -> tuple[int, ...]:
@@ -475,11 +483,11 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
 
 
-def _area_ratio(clips: Sequence[np.ndarray], reference_clips: Sequence[np.ndarray]) -> float:
+def _area_ratio(scores: Sequence[ClipScore], reference_clips: Sequence[np.ndarray]) -> float:
     reference = float(np.mean([foreground_share(c) for c in reference_clips]))
     if reference == 0.0:
         raise ValueError("the reference clips show no objects: pass real clips (training.clips.render)")
-    return float(np.mean([foreground_share(c) for c in clips])) / reference
+    return float(np.mean([s.foreground_share for s in scores])) / reference
 
 
 def evaluate_set(
@@ -501,6 +509,6 @@ def evaluate_set(
         "speed_accuracy": float(np.mean(speeds)) if speeds else float("nan"),
         "background_accuracy": float(np.mean([s.background_ok for s in scores])),
         "consistency": float(np.mean([s.consistency for s in scores])),
-        "object_area_ratio": _area_ratio(clips, reference_clips),
+        "object_area_ratio": _area_ratio(scores, reference_clips),
         "frechet_distance": frechet_distance(clip_features(clips), clip_features(reference_clips)),
     }
