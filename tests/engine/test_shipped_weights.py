@@ -20,8 +20,10 @@ from reelforge.engine.checkpoints import (
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import SHIPPED_WEIGHTS, MiniEngine
 from reelforge.training.clips import sample_specs
+from reelforge.training.distill import DISTILL_PRESETS
 from reelforge.training.evaluator import evaluate_clip
-from reelforge.training.train_vae import reconstruction_metrics
+from reelforge.training.train_dit import DIT_PRESETS
+from reelforge.training.train_vae import VAE_PRESETS, reconstruction_metrics
 
 FILES = (VAE_FILE, TEACHER_FILE, student_file(4), student_file(2), student_file(1))
 PROMPT = "a red circle moving right on a black background"
@@ -86,6 +88,23 @@ def test_manifest_records_how_each_stage_was_made() -> None:
     assert set(evaluation["rows"]) >= {
         "teacher@50", "teacher@4", "student@4", "student@2", "student@1"
     }  # fmt: skip
+
+
+def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
+    """`reelforge model train | distill --config default` (docs/model.md, "Commands") remakes what ships."""
+    stages = read_manifest(SHIPPED_WEIGHTS)["stages"]
+    teacher, dit = stages["teacher"], DIT_PRESETS["default"]
+    shift = dit.t_shift if dit.t_sampling == "shifted" else None
+    assert (teacher["steps"], teacher["batch"], teacher["clips"], teacher["caption_dropout"]) == (
+        dit.optim.steps, dit.batch, dit.clips, dit.caption_dropout
+    )  # fmt: skip
+    assert (teacher["t_sampling"], teacher.get("t_shift")) == (dit.t_sampling, shift)
+    distill, students = stages["distill"], DISTILL_PRESETS["default"]
+    assert (distill["steps_per_round"], distill["batch"], distill["clips"]) == (
+        students.optim.steps, students.batch, students.clips
+    )  # fmt: skip
+    assert (distill["guidance_scale"], distill["flow_shift"]) == (students.guidance_scale, students.flow_shift)
+    assert stages["vae"]["steps"] == VAE_PRESETS["default"].optim.steps
 
 
 def test_default_request_is_served_by_the_4_step_student(engine: MiniEngine) -> None:

@@ -29,7 +29,7 @@ from reelforge.engine.vae import VAE_Mini, VideoVAE
 
 INIT_SEED = 0  # weights seed for random_init; identical across workers and restarts
 # Students sample ancestrally: each step re-noises the step's clean latent with fresh noise from the
-# request's seed (engine/sampler.sample). Over the eval's 200 prompts the shipped 4-step student's Frechet
+# request's seed (engine/sampler.sample). Over the eval's 200 prompts section 11's 4-step student's Frechet
 # distance fell 1.09 -> 0.87, its speed accuracy rose 52.9 -> 64.3 %, shape 40.5 -> 43.0 %, direction
 # 77.0 -> 78.5 %, colour 88.5 -> 87.5 % (docs/model.md, section 11). The teacher stays deterministic Euler.
 STUDENT_RENOISE = 1.0

@@ -96,7 +96,10 @@ class DiTTrainConfig:
 
 
 DIT_PRESETS = {
-    "default": DiTTrainConfig(),
+    # The shipped teacher's recipe: t drawn from the sampler's distribution at shift 2 raised teacher@50
+    # shape 52 -> 60.5 % and direction 78.5 -> 82.5 % over 200 held-out prompts against uniform t, and its
+    # 4-step student's shape 43 -> 52.5 %, at a higher Frechet distance (docs/model.md, sections 14-15).
+    "default": DiTTrainConfig(t_sampling="shifted", t_shift=2.0),
     "tiny": DiTTrainConfig(
         dit=DiTConfig(hidden=64, depth=2, heads=2),
         optim=OptimConfig(steps=40, lr=2e-3, warmup=5, ema_decay=0.9, log_every=5),
