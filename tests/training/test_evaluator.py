@@ -112,7 +112,9 @@ def test_shape_survives_a_model_sized_blur() -> None:
     scores = []
     for i, spec in enumerate(specs):
         blurred = ndimage.gaussian_filter(render(spec).astype(np.float32), (0, 2.5, 2.5, 0))
-        scores.append(evaluate_clip(np.clip(blurred + 0.5, 0, 255).astype(np.uint8), spec.caption(i % NUM_PHRASINGS)))
+        scores.append(
+            evaluate_clip(np.clip(blurred + 0.5, 0, 255).astype(np.uint8), spec.caption(i % NUM_PHRASINGS))
+        )
     assert _accuracy(scores, "shape_ok") >= 0.95
 
 
@@ -178,6 +180,31 @@ def test_evaluate_set_reports_every_metric(heldout: Heldout) -> None:
     assert 0.8 < report["object_area_ratio"] < 1.25  # real clips against other real clips
     with pytest.raises(ValueError, match="as many prompts"):
         evaluate_set(clips[:3], prompts[:2], clips[:3])
+
+
+def test_evaluate_set_reports_single_and_multi_object_prompts_apart(heldout: Heldout) -> None:
+    """Ground truth under its own captions, except that the two-object clips carry each other's: the
+    single-object figures stay perfect and the multi-object ones alone fall."""
+    specs, clips, prompts = heldout
+    multi = [i for i, spec in enumerate(specs[:60]) if spec.second is not None]
+    assert len(multi) >= 8
+    shuffled = list(prompts[:60])
+    for i, j in zip(multi, multi[1:] + multi[:1]):
+        shuffled[i] = prompts[j]
+    report = evaluate_set(clips[:60], shuffled, clips[60:100])
+    assert report["single_object_clips"] == 60 - len(multi) and report["multi_object_clips"] == len(multi)
+    for metric in ("colour", "shape", "direction"):
+        assert report[f"single_object_{metric}_accuracy"] == 1.0, metric
+    assert report["multi_object_colour_accuracy"] < 0.5
+    assert report["colour_accuracy"] == pytest.approx(
+        (60 - len(multi)) / 60 + report["multi_object_colour_accuracy"] * len(multi) / 60
+    )
+    only_single = evaluate_set(
+        [clips[i] for i in range(60) if i not in multi],
+        [prompts[i] for i in range(60) if i not in multi],
+        clips[60:100],
+    )
+    assert only_single["multi_object_clips"] == 0 and np.isnan(only_single["multi_object_shape_accuracy"])
 
 
 def _grown(clip: np.ndarray, pixels: int) -> np.ndarray:

@@ -496,7 +496,10 @@ def evaluate_set(
     """Accuracies over the clips (speed over the prompts that name one), mean consistency, the mean
     foreground share of the clips over that of reference_clips (object_area_ratio: 1 when objects are
     drawn as large as in real clips), and the Fréchet distance to reference_clips (compare distances only
-    between sets of the same sizes)."""
+    between sets of the same sizes). Colour, shape and direction are also reported over the single-object
+    and the multi-object prompts apart (`single_object_*`, `multi_object_*`, NaN where a set has none):
+    a clip passes only when every object does, and the two kinds fail for different reasons
+    (docs/model.md, section 16)."""
     if len(clips) != len(prompts) or len(clips) < 2 or len(reference_clips) < 2:
         raise ValueError("need as many prompts as clips, and at least 2 clips and 2 reference clips")
     scores = [evaluate_clip(clip, prompt) for clip, prompt in zip(clips, prompts)]
@@ -511,4 +514,18 @@ def evaluate_set(
         "consistency": float(np.mean([s.consistency for s in scores])),
         "object_area_ratio": _area_ratio(scores, reference_clips),
         "frechet_distance": frechet_distance(clip_features(clips), clip_features(reference_clips)),
+        **_by_object_count(scores),
     }
+
+
+def _by_object_count(scores: Sequence[ClipScore]) -> dict[str, float]:
+    report = {}
+    for kind, group in (
+        ("single_object", [s for s in scores if len(s.objects) == 1]),
+        ("multi_object", [s for s in scores if len(s.objects) > 1]),
+    ):
+        report[f"{kind}_clips"] = float(len(group))
+        for metric in ("colour", "shape", "direction"):
+            ok = [getattr(s, f"{metric}_ok") for s in group]
+            report[f"{kind}_{metric}_accuracy"] = float(np.mean(ok)) if ok else float("nan")
+    return report
