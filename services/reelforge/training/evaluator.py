@@ -506,9 +506,9 @@ def evaluate_set(
     speeds = [s.speed_ok for s in scores if s.speed_ok is not None]
     return {
         "clips": float(len(scores)),
-        "colour_accuracy": float(np.mean([s.colour_ok for s in scores])),
-        "shape_accuracy": float(np.mean([s.shape_ok for s in scores])),
-        "direction_accuracy": float(np.mean([s.direction_ok for s in scores])),
+        "colour_accuracy": _accuracy(scores, "colour"),
+        "shape_accuracy": _accuracy(scores, "shape"),
+        "direction_accuracy": _accuracy(scores, "direction"),
         "speed_accuracy": float(np.mean(speeds)) if speeds else float("nan"),
         "background_accuracy": float(np.mean([s.background_ok for s in scores])),
         "consistency": float(np.mean([s.consistency for s in scores])),
@@ -518,6 +518,12 @@ def evaluate_set(
     }
 
 
+def _accuracy(scores: Sequence[ClipScore], metric: str) -> float:
+    """Share of the clips whose `<metric>_ok` holds; NaN for no clips."""
+    ok = [getattr(s, f"{metric}_ok") for s in scores]
+    return float(np.mean(ok)) if ok else float("nan")
+
+
 def _by_object_count(scores: Sequence[ClipScore]) -> dict[str, float]:
     report = {}
     for kind, group in (
@@ -525,7 +531,5 @@ def _by_object_count(scores: Sequence[ClipScore]) -> dict[str, float]:
         ("multi_object", [s for s in scores if len(s.objects) > 1]),
     ):
         report[f"{kind}_clips"] = float(len(group))
-        for metric in ("colour", "shape", "direction"):
-            ok = [getattr(s, f"{metric}_ok") for s in group]
-            report[f"{kind}_{metric}_accuracy"] = float(np.mean(ok)) if ok else float("nan")
+        report.update({f"{kind}_{m}_accuracy": _accuracy(group, m) for m in ("colour", "shape", "direction")})
     return report
