@@ -19,7 +19,7 @@ from reelforge.engine.checkpoints import (
 )
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import SHIPPED_WEIGHTS, MiniEngine
-from reelforge.training.clips import sample_specs
+from reelforge.training.clips import TWO_OBJECT_FRACTION, sample_specs
 from reelforge.training.distill import DISTILL_PRESETS
 from reelforge.training.evaluator import evaluate_clip
 from reelforge.training.train_dit import DIT_PRESETS
@@ -104,6 +104,8 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
         students.optim.steps, students.batch, students.clips
     )  # fmt: skip
     assert (distill["guidance_scale"], distill["flow_shift"]) == (students.guidance_scale, students.flow_shift)
+    # A manifest from before the share was recorded was distilled on the teacher's share.
+    assert distill.get("two_object_fraction", TWO_OBJECT_FRACTION) == students.two_object_fraction
     assert stages["vae"]["steps"] == VAE_PRESETS["default"].optim.steps
 
 

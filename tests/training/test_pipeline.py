@@ -20,6 +20,8 @@ from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.training.cli import model
 from reelforge.training.distill import DISTILL_PRESETS, distill
+from reelforge.training.evaluator import parse_prompt
+from reelforge.training.train_dit import build_dataset
 from reelforge.training.train_vae import OptimConfig
 
 # The module fixture trains all four stages inside the first test: minutes on a loaded 2-core machine.
@@ -40,6 +42,7 @@ REQUEST = GenerationRequest(
 )
 RESCALE = 0.5  # distilled with rescaled guidance, set on the command line over the config's
 T_SHIFT = 2.5  # the teacher trains on shifted t, also set on the command line
+TWO_OBJECTS = 0.75  # the share of two-object distillation clips, also set on the command line
 
 
 def ignore(event: StepEvent) -> None:
@@ -54,7 +57,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     for stage in STAGES:
         extra = {
             "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT)],
-            "distill": ["--guidance-rescale", str(RESCALE)],
+            "distill": ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)],
         }.get(stage, [])
         result = CliRunner().invoke(
             model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3", *extra]
@@ -85,6 +88,19 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
         "shifted",
         T_SHIFT,
     )
+    assert manifest["stages"]["distill"]["two_object_fraction"] == TWO_OBJECTS
+
+
+def test_the_dataset_holds_two_object_clips_in_the_share_asked_for(run: tuple[Path, dict[str, str]]) -> None:
+    vae = load_vae(run[0] / "vae.safetensors").eval()
+    for share, objects in ((0.0, {1}), (1.0, {2})):
+        data = build_dataset(vae, clips=12, seed=3, two_object_fraction=share)
+        assert len(data.captions) == len(data.text) == len(data.mask)
+        assert {len(parse_prompt(c).objects) for c in data.captions} == objects, share
+    mixed = build_dataset(vae, clips=48, seed=3, two_object_fraction=0.5)
+    counts = [len(parse_prompt(mixed.captions[i]).objects) for i in mixed.caption_index.tolist()]
+    # 24 expected; a binomial(48, 0.5) count falls outside [12, 36] less than 1e-3 of the time.
+    assert 12 <= counts.count(2) <= 36, counts
 
 
 def test_each_stage_lowers_its_loss(run: tuple[Path, dict[str, str]]) -> None:

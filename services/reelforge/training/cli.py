@@ -155,8 +155,20 @@ def train_command(
     default=None,
     help="Override the config's rescaled-guidance phi (0: plain classifier-free guidance; Lin et al. 2024).",
 )
+@click.option(
+    "--two-object-fraction",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Override the share of distillation clips (and captions) with two objects.",
+)
 def distill_command(
-    config_name: str, steps: int | None, out: Path, seed: int, device: str, guidance_rescale: float | None
+    config_name: str,
+    steps: int | None,
+    out: Path,
+    seed: int,
+    device: str,
+    guidance_rescale: float | None,
+    two_object_fraction: float | None,
 ) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
     from reelforge.engine.checkpoints import (
@@ -177,6 +189,8 @@ def distill_command(
     cfg = _with_steps(DISTILL_PRESETS[config_name], steps)
     if guidance_rescale is not None:
         cfg = dataclasses.replace(cfg, guidance_rescale=guidance_rescale)
+    if two_object_fraction is not None:
+        cfg = dataclasses.replace(cfg, two_object_fraction=two_object_fraction)
     students, entry = distill(cfg, teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))

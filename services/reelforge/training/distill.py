@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from reelforge.engine.dit import VideoDiT
 from reelforge.engine.sampler import flow_timesteps, guided_velocity
 from reelforge.engine.vae import VideoVAE
+from reelforge.training.clips import TWO_OBJECT_FRACTION
 from reelforge.training.train_dit import LatentDataset, build_dataset, sample_batch
 from reelforge.training.train_vae import FitResult, Log, OptimConfig, fit
 
@@ -69,6 +70,9 @@ class DistillConfig:
     fold_optim: OptimConfig | None = None
     batch: int = 16
     clips: int = 2048  # fewer than the teacher saw: a student only has to follow its teacher
+    # Share of the distillation clips (and so of its captions) with two objects; the teacher's data has
+    # clips.TWO_OBJECT_FRACTION.
+    two_object_fraction: float = TWO_OBJECT_FRACTION
 
 
 DISTILL_PRESETS = {
@@ -183,7 +187,9 @@ def distill(
     if cfg.teacher_steps % 2 or not set(cfg.keep_steps) <= set(reachable):
         raise ValueError(f"keep_steps {cfg.keep_steps} must come from halving teacher_steps: {reachable}")
     steps = cfg.teacher_steps // 2
-    data = build_dataset(vae, cfg.clips, seed)
+    if not 0.0 <= cfg.two_object_fraction <= 1.0:
+        raise ValueError(f"two_object_fraction {cfg.two_object_fraction} must be in [0, 1]")
+    data = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
     generator = torch.Generator().manual_seed(seed)
     teacher = teacher.eval().requires_grad_(False)
     guidance = cfg.guidance_scale
@@ -229,6 +235,7 @@ def distill(
         "steps_per_round": cfg.optim.steps,
         "batch": cfg.batch,
         "clips": cfg.clips,
+        "two_object_fraction": cfg.two_object_fraction,
         "guidance_scale": cfg.guidance_scale,
         "guidance_rescale": cfg.guidance_rescale,  # the engine samples the folder's guided teacher with it
         "sample_students_at_guidance": 1.0,

@@ -26,7 +26,7 @@ from reelforge.engine.dit import DiTConfig, VideoDiT
 from reelforge.engine.sampler import shift_time
 from reelforge.engine.text_encoder import TextEncoder
 from reelforge.engine.vae import VideoVAE
-from reelforge.training.clips import NUM_PHRASINGS, sample_specs
+from reelforge.training.clips import NUM_PHRASINGS, TWO_OBJECT_FRACTION, sample_specs
 from reelforge.training.train_vae import Log, OptimConfig, fit, video_batch
 
 
@@ -36,6 +36,7 @@ class LatentDataset:
     caption_index: torch.Tensor  # (N,) index into the unique captions
     text: torch.Tensor  # (U, L, 384) MiniLM token states of each unique caption
     mask: torch.Tensor  # (U, L) bool
+    captions: tuple[str, ...] = ()  # (U,) the unique captions, in the rows of text and mask
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_0 (B, Z, T', H', W'), text (B, L, 384), mask (B, L)) for dataset rows `index` (B,)."""
@@ -45,10 +46,12 @@ class LatentDataset:
 
 
 @torch.no_grad()
-def build_dataset(vae: VideoVAE, clips: int, seed: int, batch: int = 16) -> LatentDataset:
+def build_dataset(
+    vae: VideoVAE, clips: int, seed: int, batch: int = 16, two_object_fraction: float = TWO_OBJECT_FRACTION
+) -> LatentDataset:
     """On the VAE's device: latents, text states and masks (the caption index stays on the CPU)."""
     device = vae.latent_mean.device
-    specs = sample_specs(clips, seed=seed, split="train")
+    specs = sample_specs(clips, seed=seed, split="train", two_object_fraction=two_object_fraction)
     phrasing = np.random.default_rng([seed, 2]).integers(NUM_PHRASINGS, size=clips)
     captions = [spec.caption(int(p)) for spec, p in zip(specs, phrasing)]
     unique = sorted(set(captions))
@@ -64,6 +67,7 @@ def build_dataset(vae: VideoVAE, clips: int, seed: int, batch: int = 16) -> Late
         caption_index=torch.tensor([row[c] for c in captions]),
         text=torch.cat([s[0] for s in states]).to(device),
         mask=torch.cat([s[1] for s in states]).to(device),
+        captions=tuple(unique),
     )
 
 
