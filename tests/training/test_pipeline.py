@@ -101,6 +101,9 @@ def test_the_dataset_holds_two_object_clips_in_the_share_asked_for(run: tuple[Pa
     counts = [len(parse_prompt(mixed.captions[i]).objects) for i in mixed.caption_index.tolist()]
     # 24 expected; a binomial(48, 0.5) count falls outside [12, 36] less than 1e-3 of the time.
     assert 12 <= counts.count(2) <= 36, counts
+    cfg = replace(DISTILL_PRESETS["tiny"], two_object_fraction=1.5)
+    with pytest.raises(ValueError, match=r"two_object_fraction 1.5 must be in \[0, 1\]"):
+        distill(cfg, load_dit(run[0] / "teacher.safetensors"), vae, seed=3, log=lambda _: None)
 
 
 def test_each_stage_lowers_its_loss(run: tuple[Path, dict[str, str]]) -> None:
