@@ -210,6 +210,8 @@ def sample_specs(
     under the same numpy (its Generator streams are not frozen across versions; the tests pin a digest)."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
+    if not 0.0 <= two_object_fraction <= 1.0:
+        raise ValueError(f"two_object_fraction {two_object_fraction} must be in [0, 1]")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     main_pool = _TRAIN_COMBINATIONS if split == "train" else _HELDOUT_COMBINATIONS
     # A held-out clip is already held out through its main object, so its second one may be anything.

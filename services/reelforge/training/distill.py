@@ -187,8 +187,6 @@ def distill(
     if cfg.teacher_steps % 2 or not set(cfg.keep_steps) <= set(reachable):
         raise ValueError(f"keep_steps {cfg.keep_steps} must come from halving teacher_steps: {reachable}")
     steps = cfg.teacher_steps // 2
-    if not 0.0 <= cfg.two_object_fraction <= 1.0:
-        raise ValueError(f"two_object_fraction {cfg.two_object_fraction} must be in [0, 1]")
     data = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
     generator = torch.Generator().manual_seed(seed)
     teacher = teacher.eval().requires_grad_(False)

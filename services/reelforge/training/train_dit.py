@@ -36,7 +36,7 @@ class LatentDataset:
     caption_index: torch.Tensor  # (N,) index into the unique captions
     text: torch.Tensor  # (U, L, 384) MiniLM token states of each unique caption
     mask: torch.Tensor  # (U, L) bool
-    captions: tuple[str, ...] = ()  # (U,) the unique captions, in the rows of text and mask
+    captions: tuple[str, ...]  # (U,) the unique captions, in the rows of text and mask
 
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_0 (B, Z, T', H', W'), text (B, L, 384), mask (B, L)) for dataset rows `index` (B,)."""
