@@ -13,6 +13,7 @@ from reelforge.engine.checkpoints import (
     MANIFEST,
     TEACHER_FILE,
     VAE_FILE,
+    load_dit,
     read_manifest,
     sha256_of,
     student_file,
@@ -99,6 +100,7 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
         dit.optim.steps, dit.batch, dit.clips, dit.caption_dropout
     )  # fmt: skip
     assert (teacher["t_sampling"], teacher.get("t_shift")) == (dit.t_sampling, shift)
+    assert load_dit(SHIPPED_WEIGHTS / TEACHER_FILE).config == dit.dit  # hidden, depth, heads (section 18)
     distill, students = stages["distill"], DISTILL_PRESETS["default"]
     assert (distill["steps_per_round"], distill["batch"], distill["clips"]) == (
         students.optim.steps, students.batch, students.clips

@@ -85,9 +85,9 @@ T_SAMPLINGS: tuple[TSampling, ...] = ("uniform", "logit_normal", "shifted")
 @dataclass(frozen=True)
 class DiTTrainConfig:
     # 2.6 M parameters, 5.2 MB in float16: a teacher, three students and the 8.0 MB VAE make 28 MB, under
-    # the 30 MB the package ships; a step at batch 16 took 0.48 s on 2 CPU cores (5000 steps: 40 min).
+    # the 30 MB the package ships; a step at batch 16 took 0.49 s on 2 CPU cores (5000 steps: 42 min).
     # Four heads of 40 channels, not two of 80: same size, teacher@50 shape 60.5 -> 70 % on 200 held-out
-    # prompts (docs/model.md, section 17).
+    # prompts (docs/model.md, sections 17-18).
     dit: DiTConfig = DiTConfig(hidden=160, depth=4, heads=4)
     # lr 1e-3: on 16 clips it had by step 300 the loss 5e-4 had at step 400 (docs/model.md, section 3).
     optim: OptimConfig = OptimConfig(steps=5000, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50, cosine=True)
