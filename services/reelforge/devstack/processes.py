@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -42,11 +43,25 @@ class DevstackError(RuntimeError):
     """A local component could not be started."""
 
 
+# Ports free_port has handed out in this process. The kernel can give the same port to two binds in a row
+# once the first socket is closed, and a component gets its ports from several calls before it binds any
+# (SeaweedFS: eight), so a repeat would make two listeners of one stack collide.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it, so parallel callers rarely collide)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on loopback right now and never returned before by this process (the OS picks it,
+    so other processes rarely collide with it)."""
+    with _handed_out_lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise DevstackError("the OS kept offering loopback ports this process already handed out")
 
 
 class ManagedProcess:
