@@ -106,6 +106,9 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
         students.optim.steps, students.batch, students.clips
     )  # fmt: skip
     assert (distill["guidance_scale"], distill["flow_shift"]) == (students.guidance_scale, students.flow_shift)
+    # A manifest from before the first round's steps were recorded ran every round alike.
+    first_round = students.first_round_steps or students.optim.steps
+    assert distill.get("first_round_steps", distill["steps_per_round"]) == first_round
     # A manifest from before the share was recorded was distilled on the teacher's share.
     assert distill.get("two_object_fraction", TWO_OBJECT_FRACTION) == students.two_object_fraction
     assert stages["vae"]["steps"] == VAE_PRESETS["default"].optim.steps

@@ -43,6 +43,9 @@ REQUEST = GenerationRequest(
 RESCALE = 0.5  # distilled with rescaled guidance, set on the command line over the config's
 T_SHIFT = 2.5  # the teacher trains on shifted t, also set on the command line
 TWO_OBJECTS = 0.75  # the share of two-object distillation clips, also set on the command line
+FIRST_ROUND = 24  # steps of the guided first halving round, against the tiny config's 16 a round
+DISTILL_OPTIONS = ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)]
+DISTILL_OPTIONS += ["--first-round-steps", str(FIRST_ROUND)]
 
 
 def ignore(event: StepEvent) -> None:
@@ -57,7 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     for stage in STAGES:
         extra = {
             "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT)],
-            "distill": ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)],
+            "distill": DISTILL_OPTIONS,
         }.get(stage, [])
         result = CliRunner().invoke(
             model, [stage, "--config", "tiny", "--out", str(out), "--seed", "3", *extra]
@@ -89,6 +92,10 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
         T_SHIFT,
     )
     assert manifest["stages"]["distill"]["two_object_fraction"] == TWO_OBJECTS
+    distilled = manifest["stages"]["distill"]
+    assert (distilled["first_round_steps"], distilled["steps_per_round"]) == (FIRST_ROUND, 16)
+    assert [r["steps"] for r in distilled["rounds"]] == [FIRST_ROUND, 16, 16]
+    assert distilled["rounds"][0]["losses"][-1][0] > 16  # the first round did run its extra steps
 
 
 def test_the_dataset_holds_two_object_clips_in_the_share_asked_for(run: tuple[Path, dict[str, str]]) -> None:
@@ -103,6 +110,9 @@ def test_the_dataset_holds_two_object_clips_in_the_share_asked_for(run: tuple[Pa
     assert 12 <= counts.count(2) <= 36, counts
     cfg = replace(DISTILL_PRESETS["tiny"], two_object_fraction=1.5)
     with pytest.raises(ValueError, match=r"two_object_fraction 1.5 must be in \[0, 1\]"):
+        distill(cfg, load_dit(run[0] / "teacher.safetensors"), vae, seed=3, log=lambda _: None)
+    cfg = replace(DISTILL_PRESETS["tiny"], first_round_steps=0)
+    with pytest.raises(ValueError, match="first_round_steps 0 must be at least 1"):
         distill(cfg, load_dit(run[0] / "teacher.safetensors"), vae, seed=3, log=lambda _: None)
 
 

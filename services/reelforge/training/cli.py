@@ -161,6 +161,13 @@ def train_command(
     default=None,
     help="Override the share of distillation clips (and captions) with two objects.",
 )
+@click.option(
+    "--first-round-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Optimisation steps of the first halving round (the guided one); default: the config's, or "
+    "--steps when that is given.",
+)
 def distill_command(
     config_name: str,
     steps: int | None,
@@ -169,6 +176,7 @@ def distill_command(
     device: str,
     guidance_rescale: float | None,
     two_object_fraction: float | None,
+    first_round_steps: int | None,
 ) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
     from reelforge.engine.checkpoints import (
@@ -191,6 +199,8 @@ def distill_command(
         cfg = dataclasses.replace(cfg, guidance_rescale=guidance_rescale)
     if two_object_fraction is not None:
         cfg = dataclasses.replace(cfg, two_object_fraction=two_object_fraction)
+    if steps is not None or first_round_steps is not None:  # --steps alone sets every round's
+        cfg = dataclasses.replace(cfg, first_round_steps=first_round_steps)
     students, entry = distill(cfg, teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))

@@ -25,6 +25,7 @@ guidance_scale 1 (conditional pass only).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,10 @@ class DistillConfig:
     # at 5e-5 had ended, 0.141), and at 5e-5 every round's loss was still falling when it stopped
     # (docs/model.md, section 5).
     optim: OptimConfig = OptimConfig(steps=400, lr=2e-4, warmup=20, ema_decay=0.99, log_every=25)  # per round
+    # Steps of the first halving round alone (the one that folds the guidance in; None: optim.steps). Its
+    # loss is 3-7x the later rounds' and was still falling when 400 steps ran out, while theirs were flat
+    # after about 100 (the shipped manifest's round losses; docs/model.md, section 24).
+    first_round_steps: int | None = None
     # Meng et al.'s separate stage 1 (guidance folding) before the rounds; None: the first halving round
     # folds the guidance itself. Off by default: 600 folding steps (+149 s in all) moved student@4 by -0.5 /
     # -2.5 / +3 points (colour / shape / direction, within the eval's noise) and cost student@1 3.5
@@ -164,10 +169,12 @@ def _distill_round(
     steps: int,
     data: LatentDataset,
     cfg: DistillConfig,
+    optim: OptimConfig,
     generator: torch.Generator,
     log: Log,
 ) -> FitResult:
-    """Trains a copy of the teacher to take `steps` Euler steps where the teacher takes 2 * steps."""
+    """Trains a copy of the teacher to take `steps` Euler steps where the teacher takes 2 * steps, for
+    `optim.steps` optimisation steps."""
     student = _student_of(teacher)
 
     def loss_at(step: int) -> torch.Tensor:
@@ -176,7 +183,7 @@ def _distill_round(
             student, teacher, guidance_scale, steps, data, cfg.batch, generator, cfg.flow_shift, rescale
         )
 
-    return fit(student, loss_at, cfg.optim, log, f"distill {2 * steps}->{steps}")
+    return fit(student, loss_at, optim, log, f"distill {2 * steps}->{steps}")
 
 
 def distill(
@@ -186,6 +193,11 @@ def distill(
     reachable = [cfg.teacher_steps >> r for r in range(1, cfg.teacher_steps.bit_length())]
     if cfg.teacher_steps % 2 or not set(cfg.keep_steps) <= set(reachable):
         raise ValueError(f"keep_steps {cfg.keep_steps} must come from halving teacher_steps: {reachable}")
+    if cfg.first_round_steps is not None and cfg.first_round_steps < 1:
+        raise ValueError(
+            f"first_round_steps {cfg.first_round_steps} must be at least 1 (or None: optim.steps)"
+        )
+    first_optim = dataclasses.replace(cfg.optim, steps=cfg.first_round_steps or cfg.optim.steps)
     steps = cfg.teacher_steps // 2
     data = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
     generator = torch.Generator().manual_seed(seed)
@@ -209,12 +221,14 @@ def distill(
         }
         teacher = result.model.eval().requires_grad_(False)  # type: ignore[assignment]
         guidance = 1.0
+    optim = first_optim
     while steps >= min(cfg.keep_steps):
-        result = _distill_round(teacher, guidance, steps, data, cfg, generator, log)
+        result = _distill_round(teacher, guidance, steps, data, cfg, optim, generator, log)
         rounds.append(
             {
                 "teacher_steps": 2 * steps,
                 "student_steps": steps,
+                "steps": optim.steps,
                 "guidance_scale": guidance,
                 "seconds_per_step": round(result.seconds_per_step, 4),
                 "losses": result.losses,
@@ -224,6 +238,7 @@ def distill(
         if steps in cfg.keep_steps:
             students[steps] = teacher
         guidance, steps = 1.0, steps // 2  # from here on the guidance is in the teacher's weights
+        optim = cfg.optim
     entry = {
         "method": "guidance folding then progressive distillation (Meng et al. 2023; Salimans & Ho 2022)"
         if folded
@@ -231,6 +246,7 @@ def distill(
         "guidance_fold": folded,
         "data_seed": seed,
         "steps_per_round": cfg.optim.steps,
+        "first_round_steps": first_optim.steps,
         "batch": cfg.batch,
         "clips": cfg.clips,
         "two_object_fraction": cfg.two_object_fraction,
