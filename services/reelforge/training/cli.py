@@ -165,8 +165,8 @@ def train_command(
     "--first-round-steps",
     type=click.IntRange(min=1),
     default=None,
-    help="Optimisation steps of the first halving round (the guided one); default: the config's, or "
-    "--steps when that is given.",
+    help="Optimisation steps of the first halving round (the one that folds the guidance in); default: "
+    "the config's, or --steps when that is given.",
 )
 def distill_command(
     config_name: str,

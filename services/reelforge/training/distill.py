@@ -64,9 +64,10 @@ class DistillConfig:
     # at 5e-5 had ended, 0.141), and at 5e-5 every round's loss was still falling when it stopped
     # (docs/model.md, section 5).
     optim: OptimConfig = OptimConfig(steps=400, lr=2e-4, warmup=20, ema_decay=0.99, log_every=25)  # per round
-    # Steps of the first halving round alone (the one that folds the guidance in; None: optim.steps). Its
-    # loss is 1.7-6.4x the later rounds' and was still falling when 400 steps ran out; 800 lowered it 10 %
-    # but moved no student's scores beyond the eval's noise, for 8.7 more minutes (docs/model.md, 24).
+    # Steps of the first halving round alone (None: optim.steps); it folds the guidance in unless
+    # fold_optim runs first. Its loss is 1.7-6.4x the later rounds' and was still falling when 400 steps
+    # ran out; 800 lowered it 10 % but moved no student's score beyond the eval's noise, for 8.7 more
+    # minutes (docs/model.md, section 24).
     first_round_steps: int | None = None
     # Meng et al.'s separate stage 1 (guidance folding) before the rounds; None: the first halving round
     # folds the guidance itself. Off by default: 600 folding steps (+149 s in all) moved student@4 by -0.5 /
