@@ -25,9 +25,8 @@ guidance_scale 1 (conditional pass only).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -198,7 +197,6 @@ def distill(
         raise ValueError(
             f"first_round_steps {cfg.first_round_steps} must be at least 1 (or None: optim.steps)"
         )
-    first_optim = dataclasses.replace(cfg.optim, steps=cfg.first_round_steps or cfg.optim.steps)
     steps = cfg.teacher_steps // 2
     data = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
     generator = torch.Generator().manual_seed(seed)
@@ -222,8 +220,9 @@ def distill(
         }
         teacher = result.model.eval().requires_grad_(False)  # type: ignore[assignment]
         guidance = 1.0
-    optim = first_optim
     while steps >= min(cfg.keep_steps):
+        first = not rounds and cfg.first_round_steps is not None
+        optim = replace(cfg.optim, steps=cfg.first_round_steps) if first else cfg.optim
         result = _distill_round(teacher, guidance, steps, data, cfg, optim, generator, log)
         rounds.append(
             {
@@ -239,7 +238,6 @@ def distill(
         if steps in cfg.keep_steps:
             students[steps] = teacher
         guidance, steps = 1.0, steps // 2  # from here on the guidance is in the teacher's weights
-        optim = cfg.optim
     entry = {
         "method": "guidance folding then progressive distillation (Meng et al. 2023; Salimans & Ho 2022)"
         if folded
@@ -247,7 +245,7 @@ def distill(
         "guidance_fold": folded,
         "data_seed": seed,
         "steps_per_round": cfg.optim.steps,
-        "first_round_steps": first_optim.steps,
+        "first_round_steps": rounds[0]["steps"],
         "batch": cfg.batch,
         "clips": cfg.clips,
         "two_object_fraction": cfg.two_object_fraction,
