@@ -111,6 +111,10 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
     assert distill.get("first_round_steps", distill["steps_per_round"]) == first_round
     # A manifest from before the share was recorded was distilled on the teacher's share.
     assert distill.get("two_object_fraction", TWO_OBJECT_FRACTION) == students.two_object_fraction
+    # Recorded only when on: a manifest without it trained on captions in either order.
+    assert (teacher.get("reading_order", False), distill.get("reading_order", False)) == (
+        dit.reading_order, students.reading_order
+    )  # fmt: skip
     assert stages["vae"]["steps"] == VAE_PRESETS["default"].optim.steps
 
 

@@ -48,6 +48,28 @@ def test_seed_changes_placement_not_content() -> None:
     assert not np.array_equal(render(spec), render(moved))
 
 
+def test_reading_order_puts_the_first_named_object_on_the_left_and_changes_nothing_else() -> None:
+    # Read from the pixels: the mean column of each object's colour, over the whole clip.
+    def first_is_left(spec: ClipSpec) -> bool:
+        clip = render(spec).astype(int)  # (T, H, W, 3)
+        columns = []
+        for obj in spec.objects:
+            _, _, x = np.nonzero(np.abs(clip - COLOURS[obj.colour]).sum(-1) < 10)
+            columns.append(x.mean())
+        return bool(columns[0] < columns[1])
+
+    free = sample_specs(80, seed=6, two_object_fraction=0.5)
+    ordered = sample_specs(80, seed=6, two_object_fraction=0.5, reading_order=True)
+    pairs = [(f, o) for f, o in zip(free, ordered) if f.second is not None]
+    assert len(pairs) >= 25
+    assert all(first_is_left(o) for _, o in pairs)
+    assert not all(first_is_left(f) for f, _ in pairs)  # without it, either object may be named first
+    # Same objects and backgrounds: only the placement seed of a reversed pair changes.
+    assert [(f.objects, f.background) for f in free] == [(o.objects, o.background) for o in ordered]
+    assert all(f == o for f, o in zip(free, ordered) if f.second is None or first_is_left(f))
+    assert sample_specs(80, seed=6, two_object_fraction=0.5, reading_order=True) == ordered
+
+
 @pytest.mark.parametrize(("frames", "size"), [(16, 64), (8, 32), (24, 96)])
 def test_format(frames: int, size: int) -> None:
     for spec in sample_specs(8, seed=1, two_object_fraction=0.5):

@@ -45,7 +45,7 @@ T_SHIFT = 2.5  # the teacher trains on shifted t, also set on the command line
 TWO_OBJECTS = 0.75  # the share of two-object distillation clips, also set on the command line
 FIRST_ROUND = 24  # steps of the guided first halving round, against the tiny config's 16 a round
 DISTILL_OPTIONS = ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)]
-DISTILL_OPTIONS += ["--first-round-steps", str(FIRST_ROUND)]
+DISTILL_OPTIONS += ["--first-round-steps", str(FIRST_ROUND), "--reading-order"]
 
 
 def ignore(event: StepEvent) -> None:
@@ -59,7 +59,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     outputs = {}
     for stage in STAGES:
         extra = {
-            "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT)],
+            "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT), "--reading-order"],
             "distill": DISTILL_OPTIONS,
         }.get(stage, [])
         result = CliRunner().invoke(
@@ -92,6 +92,8 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
         T_SHIFT,
     )
     assert manifest["stages"]["distill"]["two_object_fraction"] == TWO_OBJECTS
+    # --reading-order reached both stages' data (clips.sample_specs tests what it does to them).
+    assert [manifest["stages"][s].get("reading_order") for s in ("teacher", "distill")] == [True, True]
     distilled = manifest["stages"]["distill"]
     assert (distilled["first_round_steps"], distilled["steps_per_round"]) == (FIRST_ROUND, 16)
     assert [r["steps"] for r in distilled["rounds"]] == [FIRST_ROUND, 16, 16]

@@ -68,6 +68,15 @@ def _stage_options(command: F) -> F:
     return _config(_steps(_out(_seed(_device(command)))))
 
 
+_reading_order = click.option(
+    "--reading-order",
+    is_flag=True,
+    default=False,
+    help="Name the left object first in two-object captions, so a clause's place tells which object "
+    "it describes (off in the shipped recipe); the teacher and its distillation should agree.",
+)
+
+
 def _with_steps(cfg: Any, steps: int | None) -> Any:
     return (
         cfg if steps is None else dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=steps))
@@ -121,6 +130,7 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int,
     default=None,
     help="Override the shift that --t-sampling shifted applies (SD3's s).",
 )
+@_reading_order
 def train_command(
     config_name: str,
     steps: int | None,
@@ -129,6 +139,7 @@ def train_command(
     device: str,
     t_sampling: str | None,
     t_shift: float | None,
+    reading_order: bool,
 ) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
     from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
@@ -141,6 +152,8 @@ def train_command(
         cfg = dataclasses.replace(cfg, t_sampling=t_sampling)
     if t_shift is not None:
         cfg = dataclasses.replace(cfg, t_shift=t_shift)
+    if reading_order:
+        cfg = dataclasses.replace(cfg, reading_order=True)
     teacher, entry = train_dit(cfg, vae, seed, _echo)
     save_model(teacher, out / TEACHER_FILE)
     record(out, "teacher", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
@@ -168,6 +181,7 @@ def train_command(
     help="Optimisation steps of the first halving round (the one that folds the guidance in); default: "
     "the config's, or --steps when that is given.",
 )
+@_reading_order
 def distill_command(
     config_name: str,
     steps: int | None,
@@ -177,6 +191,7 @@ def distill_command(
     guidance_rescale: float | None,
     two_object_fraction: float | None,
     first_round_steps: int | None,
+    reading_order: bool,
 ) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
     from reelforge.engine.checkpoints import (
@@ -201,6 +216,8 @@ def distill_command(
         cfg = dataclasses.replace(cfg, two_object_fraction=two_object_fraction)
     if steps is not None or first_round_steps is not None:  # --steps alone sets every round's
         cfg = dataclasses.replace(cfg, first_round_steps=first_round_steps)
+    if reading_order:
+        cfg = dataclasses.replace(cfg, reading_order=True)
     students, entry = distill(cfg, teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from typing import Literal
 
@@ -204,10 +204,20 @@ _TRAIN_COMBINATIONS = [c for c in _ALL_COMBINATIONS if not is_heldout_combinatio
 
 
 def sample_specs(
-    n: int, seed: int, split: Split = "train", two_object_fraction: float = TWO_OBJECT_FRACTION
+    n: int,
+    seed: int,
+    split: Split = "train",
+    two_object_fraction: float = TWO_OBJECT_FRACTION,
+    reading_order: bool = False,
 ) -> list[ClipSpec]:
     """n specs drawn uniformly over the split's combinations. The same arguments give the same specs
-    under the same numpy (its Generator streams are not frozen across versions; the tests pin a digest)."""
+    under the same numpy (its Generator streams are not frozen across versions; the tests pin a digest).
+
+    reading_order: in two-object clips the object the caption names first is, on average over the clip,
+    left of the other (at the default clip format; the clip seed is redrawn until it is), as captions
+    written left to right name objects; otherwise which object is named first says nothing about where
+    it is. (The average, not the start: a fast object moving left starts further right than a fast one
+    moving right can.)"""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
     if not 0.0 <= two_object_fraction <= 1.0:
@@ -226,9 +236,23 @@ def sample_specs(
             s_shape, s_colour, s_motion, _ = pool[rng.integers(len(pool))]
             s_speed = None if s_motion == "still" else SPEEDS[rng.integers(len(SPEEDS))]
             second = ObjectSpec(s_shape, s_colour, s_motion, s_speed)
-        clip_seed = int(rng.integers(2**63))
-        specs.append(ClipSpec(shape, colour, motion, speed, background, clip_seed, second))
+        spec = ClipSpec(shape, colour, motion, speed, background, int(rng.integers(2**63)), second)
+        if reading_order and second is not None:
+            spec = _named_left_to_right(spec)
+        specs.append(spec)
     return specs
+
+
+def _named_left_to_right(spec: ClipSpec) -> ClipSpec:
+    """spec, or spec with a new seed (drawn from its own, so the other specs do not change) under which
+    its first object is the left one."""
+    rng = np.random.default_rng([spec.seed, 3])
+    for _ in range(_PLACEMENT_TRIES):
+        first, second = _paths(spec, DEFAULT_FRAMES, DEFAULT_SIZE)
+        if first.x.mean() < second.x.mean():
+            return spec
+        spec = replace(spec, seed=int(rng.integers(2**63)))
+    raise AssertionError(f"no seed in {_PLACEMENT_TRIES} puts {spec.colour} left of {spec.second.colour}")
 
 
 # ---- rendering -----------------------------------------------------------------------------------

@@ -78,6 +78,7 @@ class DistillConfig:
     # Share of the distillation clips (and so of its captions) with two objects; the teacher's data has
     # clips.TWO_OBJECT_FRACTION.
     two_object_fraction: float = TWO_OBJECT_FRACTION
+    reading_order: bool = False  # as the teacher's data (DiTTrainConfig.reading_order)
 
 
 DISTILL_PRESETS = {
@@ -198,7 +199,9 @@ def distill(
             f"first_round_steps {cfg.first_round_steps} must be at least 1 (or None: optim.steps)"
         )
     steps = cfg.teacher_steps // 2
-    data = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
+    data = build_dataset(
+        vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction, reading_order=cfg.reading_order
+    )
     generator = torch.Generator().manual_seed(seed)
     teacher = teacher.eval().requires_grad_(False)
     guidance = cfg.guidance_scale
@@ -249,6 +252,7 @@ def distill(
         "batch": cfg.batch,
         "clips": cfg.clips,
         "two_object_fraction": cfg.two_object_fraction,
+        **({"reading_order": True} if cfg.reading_order else {}),
         "guidance_scale": cfg.guidance_scale,
         "guidance_rescale": cfg.guidance_rescale,  # the engine samples the folder's guided teacher with it
         "sample_students_at_guidance": 1.0,

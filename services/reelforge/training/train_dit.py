@@ -47,11 +47,18 @@ class LatentDataset:
 
 @torch.no_grad()
 def build_dataset(
-    vae: VideoVAE, clips: int, seed: int, batch: int = 16, two_object_fraction: float = TWO_OBJECT_FRACTION
+    vae: VideoVAE,
+    clips: int,
+    seed: int,
+    batch: int = 16,
+    two_object_fraction: float = TWO_OBJECT_FRACTION,
+    reading_order: bool = False,
 ) -> LatentDataset:
     """On the VAE's device: latents, text states and masks (the caption index stays on the CPU)."""
     device = vae.latent_mean.device
-    specs = sample_specs(clips, seed=seed, split="train", two_object_fraction=two_object_fraction)
+    specs = sample_specs(
+        clips, seed=seed, split="train", two_object_fraction=two_object_fraction, reading_order=reading_order
+    )
     phrasing = np.random.default_rng([seed, 2]).integers(NUM_PHRASINGS, size=clips)
     captions = [spec.caption(int(p)) for spec, p in zip(specs, phrasing)]
     unique = sorted(set(captions))
@@ -99,6 +106,9 @@ class DiTTrainConfig:
     # even on 16 memorised clips (direction 31 %), with uniform t they persisted (69 %) (docs/model.md, 3).
     t_sampling: TSampling = "uniform"
     t_shift: float = 3.0  # for "shifted": distillation's grid shift (DistillConfig.flow_shift)
+    # Two-object captions name the left object first (clips.sample_specs), so a clause's place in the
+    # caption tells the DiT which object it describes.
+    reading_order: bool = False
 
 
 DIT_PRESETS = {
@@ -158,7 +168,7 @@ def train_dit(
         raise ValueError(
             f"DiT latent_channels {cfg.dit.latent_channels} != VAE's {vae.config.latent_channels}"
         )
-    data = build_dataset(vae, cfg.clips, seed)
+    data = build_dataset(vae, cfg.clips, seed, reading_order=cfg.reading_order)
     log(f"[teacher] {len(data.latents)} clips, {len(data.text)} unique captions encoded")
     torch.manual_seed(seed)
     dit = VideoDiT(cfg.dit).to(vae.latent_mean.device)
@@ -177,6 +187,7 @@ def train_dit(
         "caption_dropout": cfg.caption_dropout,
         "t_sampling": cfg.t_sampling,
         **({"t_shift": cfg.t_shift} if cfg.t_sampling == "shifted" else {}),
+        **({"reading_order": True} if cfg.reading_order else {}),
         "parameters": sum(p.numel() for p in dit.parameters()),
         "seconds_per_step": round(result.seconds_per_step, 4),
         "losses": result.losses,
