@@ -62,3 +62,20 @@ def test_rope_angles_cover_each_token_and_half_the_head() -> None:
     angles = rope_3d((3, 4, 5), head_dim=64, theta=10000.0, device=torch.device("cpu"))
     assert angles.shape == (3 * 4 * 5, 32)
     assert angles.unique(dim=0).shape[0] == 60  # no two (t, h, w) positions rotate alike
+
+
+def test_attention_weights_are_the_ones_cross_attention_applies(dit: VideoDiT) -> None:
+    """What the grounding loss reads (training/train_dit.grounding_loss) must be what forward uses."""
+    cross = dit.blocks[1].cross
+    x, text = torch.randn(2, 64, 256), torch.randn(2, 32, 256)
+    mask = torch.ones(2, 32, dtype=torch.bool)
+    mask[1, 10:] = False  # a short prompt: its padding gets no attention
+    with torch.no_grad():
+        weights = cross.attention_weights(x, text, mask)  # (B, heads, N, L)
+        v = cross.kv(text).unflatten(-1, (2, cross.heads, -1)).permute(2, 0, 3, 1, 4)[1]  # (B, heads, L, d)
+        by_hand = cross.proj((weights @ v).transpose(1, 2).flatten(2))  # (B, N, D)
+        expected = cross(x, text, mask)
+    assert weights.shape == (2, 4, 64, 32)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 4, 64), atol=1e-5)
+    assert weights[1, :, :, 10:].abs().max() == 0
+    assert torch.allclose(by_hand, expected, atol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from itertools import product
 
 import numpy as np
@@ -17,6 +18,7 @@ from reelforge.training.clips import (
     ClipSpec,
     ObjectSpec,
     is_heldout_combination,
+    object_coverage,
     render,
     sample_specs,
     split_of,
@@ -118,6 +120,39 @@ def test_captions() -> None:
     expected = "on a gray background, a fast orange circle goes up and a blue square stays still"
     assert pair.caption(3) == expected
     assert len({pair.caption(k) for k in range(NUM_PHRASINGS)}) == NUM_PHRASINGS
+
+
+def test_object_spans_hold_each_object_s_words_and_no_other_s() -> None:
+    pair = ClipSpec("circle", "orange", "up", "fast", "gray", 0, ObjectSpec("square", "blue", "still", None))
+    assert [pair.caption(3)[a:b] for a, b in pair.object_spans(3)] == [
+        "a fast orange circle goes up",
+        "a blue square stays still",
+    ]
+    for spec, k in product(sample_specs(40, seed=5, two_object_fraction=0.5), range(NUM_PHRASINGS)):
+        caption, spans = spec.caption(k), spec.object_spans(k)
+        assert len(spans) == len(spec.objects)
+        assert all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:]))  # in order, disjoint
+        for n, (obj, (a, b)) in enumerate(zip(spec.objects, spans)):
+            words = re.findall(r"[a-z]+", caption[a:b])
+            assert obj.colour in words and obj.shape in words, (caption, caption[a:b])
+            others = [o.colour for i, o in enumerate(spec.objects) if i != n]
+            assert not set(others) & set(words), (caption, caption[a:b])
+        assert spec.background not in " ".join(caption[a:b] for a, b in spans)
+
+
+def test_object_coverage_is_where_each_object_is_drawn() -> None:
+    pair = sample_specs(64, seed=2, two_object_fraction=1.0)[0]
+    single = sample_specs(64, seed=2, two_object_fraction=0.0)[0]
+    for spec in (pair, single):
+        coverage, video = object_coverage(spec), render(spec).astype(int)  # (K, T, H, W), (T, H, W, 3)
+        assert coverage.shape == (len(spec.objects), 16, 64, 64) and coverage.dtype == np.float32
+        assert coverage.min() >= 0 and coverage.max() == 1
+        background = np.abs(video - np.array(BACKGROUNDS[spec.background])).sum(-1) == 0  # (T, H, W)
+        assert np.array_equal(coverage.sum(0) == 0, background)  # no coverage = background, exactly
+        for obj, cover in zip(spec.objects, coverage):  # a fully covered pixel has the object's colour
+            full = video[cover == 1]  # (P, 3)
+            assert len(full) > 0 and (full == np.array(COLOURS[obj.colour])).all()
+        assert (coverage.sum(0) <= 1).all()  # objects never overlap
 
 
 @pytest.mark.parametrize(

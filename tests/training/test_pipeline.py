@@ -44,6 +44,7 @@ RESCALE = 0.5  # distilled with rescaled guidance, set on the command line over 
 T_SHIFT = 2.5  # the teacher trains on shifted t, also set on the command line
 TWO_OBJECTS = 0.75  # the share of two-object distillation clips, also set on the command line
 FIRST_ROUND = 24  # steps of the guided first halving round, against the tiny config's 16 a round
+GROUNDING = 0.5  # the teacher trains with the grounding loss, also set on the command line
 DISTILL_OPTIONS = ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)]
 DISTILL_OPTIONS += ["--first-round-steps", str(FIRST_ROUND), "--reading-order"]
 
@@ -59,7 +60,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     outputs = {}
     for stage in STAGES:
         extra = {
-            "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT), "--reading-order"],
+            "train": ["--t-sampling", "shifted", "--t-shift", str(T_SHIFT), "--reading-order"]
+            + ["--grounding-weight", str(GROUNDING)],
             "distill": DISTILL_OPTIONS,
         }.get(stage, [])
         result = CliRunner().invoke(
@@ -92,6 +94,11 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
         T_SHIFT,
     )
     assert manifest["stages"]["distill"]["two_object_fraction"] == TWO_OBJECTS
+    teacher = manifest["stages"]["teacher"]
+    assert teacher["grounding_weight"] == GROUNDING
+    # The grounding term is logged over the same windows as the total loss; it trains the attention.
+    assert [step for step, _ in teacher["grounding_losses"]] == [step for step, _ in teacher["losses"]]
+    assert teacher["grounding_losses"][-1][1] < teacher["grounding_losses"][0][1], teacher["grounding_losses"]
     # --reading-order reached both stages' data (clips.sample_specs tests what it does to them).
     assert [manifest["stages"][s].get("reading_order") for s in ("teacher", "distill")] == [True, True]
     distilled = manifest["stages"]["distill"]

@@ -129,12 +129,22 @@ class CrossAttention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.hidden // cfg.heads, eps=cfg.eps)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # (B, heads, N, d)
         k, v = self.kv(text).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B, heads, L, d)
-        k = self.k_norm(k)  # (B, heads, L, d)
+        return q, self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x, text)  # (B, heads, N or L, d)
         x = _attention(q, k, v, mask=text_mask[:, None, None, :])  # (B, heads, N, d)
         return self.proj(x.transpose(1, 2).flatten(2))  # (B, N, D)
+
+    def attention_weights(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, L): how much each video token reads each prompt token in forward(x, text,
+        text_mask), for losses on where words land (training/train_dit.grounding_loss)."""
+        q, k, _ = self._qkv(x, text)  # (B, heads, N or L, d)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, L)
+        return scores.masked_fill(~text_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
 
 
 class DiTBlock(nn.Module):

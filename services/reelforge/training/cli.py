@@ -130,6 +130,13 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int,
     default=None,
     help="Override the shift that --t-sampling shifted applies (SD3's s).",
 )
+@click.option(
+    "--grounding-weight",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Override the weight of the grounding loss (TokenCompose: each object's words put their "
+    "cross-attention on that object; 0 = off).",
+)
 @_reading_order
 def train_command(
     config_name: str,
@@ -139,6 +146,7 @@ def train_command(
     device: str,
     t_sampling: str | None,
     t_shift: float | None,
+    grounding_weight: float | None,
     reading_order: bool,
 ) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
@@ -152,6 +160,8 @@ def train_command(
         cfg = dataclasses.replace(cfg, t_sampling=t_sampling)
     if t_shift is not None:
         cfg = dataclasses.replace(cfg, t_shift=t_shift)
+    if grounding_weight is not None:
+        cfg = dataclasses.replace(cfg, grounding_weight=grounding_weight)
     if reading_order:
         cfg = dataclasses.replace(cfg, reading_order=True)
     teacher, entry = train_dit(cfg, vae, seed, _echo)

@@ -121,8 +121,19 @@ class ClipSpec:
             raise ValueError(f"phrasing_index must be in [0, {NUM_PHRASINGS}), got {phrasing_index}")
         phrasing = _PHRASINGS[phrasing_index]
         objects = " and ".join(_describe(obj, phrasing) for obj in self.objects)
-        text = phrasing.scene.format(objects=objects, bg=self.background)
-        return re.sub(r"\ba (?=[aeiou])", "an ", text)
+        return _articles(phrasing.scene.format(objects=objects, bg=self.background))
+
+    def object_spans(self, phrasing_index: int = 0) -> tuple[tuple[int, int], ...]:
+        """(start, end) character span of each object's words in caption(phrasing_index), in `objects`
+        order: what says which words describe which object."""
+        caption, phrasing = self.caption(phrasing_index), _PHRASINGS[phrasing_index]
+        spans, start = [], 0
+        for obj in self.objects:
+            words = _articles(_describe(obj, phrasing))
+            start = caption.index(words, start)
+            spans.append((start, start + len(words)))
+            start += len(words)
+        return tuple(spans)
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,10 @@ NUM_PHRASINGS = len(_PHRASINGS)
 _DIR_TO = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
 _ADVERB = {"slow": "slowly", "fast": "quickly"}
 _VERB = {"slow": "drifting", "fast": "darting"}
+
+
+def _articles(text: str) -> str:
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
 def _describe(obj: ObjectSpec, phrasing: _Phrasing) -> str:
@@ -330,6 +345,15 @@ def _palette(colours: list[tuple[int, int, int]], background: tuple[int, int, in
         table = table[:, None, :] + alpha[None, :, None] * (target - table[:, None, :])  # (prior, L, 3)
         table = table.reshape(-1, 3)
     return (table + 0.5).astype(np.uint8)
+
+
+def object_coverage(spec: ClipSpec, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """(objects, frames, size, size) float32 in [0, 1]: how much of each pixel each object covers in
+    render(spec), in `spec.objects` order (objects never overlap, so neither hides the other)."""
+    work = np.empty((frames, size, size), np.float32)
+    paths = _paths(spec, frames, size)
+    levels = [_coverage(obj.shape, path, work) for obj, path in zip(spec.objects, paths)]
+    return np.stack(levels).astype(np.float32) / (COVERAGE_LEVELS - 1)
 
 
 def render(spec: ClipSpec, frames: int = DEFAULT_FRAMES, size: int = DEFAULT_SIZE) -> np.ndarray:
