@@ -15,11 +15,19 @@ import torch
 from click.testing import CliRunner
 
 from reelforge.engine import mini
-from reelforge.engine.checkpoints import MANIFEST, WeightsError, load_dit, load_vae, sha256_of, student_file
+from reelforge.engine.checkpoints import (
+    MANIFEST,
+    WeightsError,
+    load_dit,
+    load_vae,
+    save_model,
+    sha256_of,
+    student_file,
+)
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.training.cli import model
-from reelforge.training.distill import DISTILL_PRESETS, distill
+from reelforge.training.distill import DISTILL_PRESETS, distill, start_errors
 from reelforge.training.evaluator import parse_prompt
 from reelforge.training.train_dit import build_dataset
 from reelforge.training.train_vae import OptimConfig
@@ -46,7 +54,13 @@ TWO_OBJECTS = 0.75  # the share of two-object distillation clips, also set on th
 FIRST_ROUND = 24  # steps of the guided first halving round, against the tiny config's 16 a round
 GROUNDING = 0.5  # the teacher trains with the grounding loss, also set on the command line
 DISTILL_OPTIONS = ["--guidance-rescale", str(RESCALE), "--two-object-fraction", str(TWO_OBJECTS)]
-DISTILL_OPTIONS += ["--first-round-steps", str(FIRST_ROUND), "--reading-order"]
+DISTILL_OPTIONS += [
+    "--first-round-steps",
+    str(FIRST_ROUND),
+    "--reading-order",
+    "--first-round-sampling",
+    "error",
+]
 
 
 def ignore(event: StepEvent) -> None:
@@ -105,6 +119,33 @@ def test_every_stage_writes_its_files_and_the_manifest_hashes_them(run: tuple[Pa
     assert (distilled["first_round_steps"], distilled["steps_per_round"]) == (FIRST_ROUND, 16)
     assert [r["steps"] for r in distilled["rounds"]] == [FIRST_ROUND, 16, 16]
     assert distilled["rounds"][0]["losses"][-1][0] > 16  # the first round did run its extra steps
+    # --first-round-sampling error: the first round drew its steps by the weights it records; later ones
+    # drew uniformly.
+    assert [("step_weights" in r) for r in distilled["rounds"]] == [True, False, False]
+
+
+def test_error_sampling_weighs_the_first_rounds_steps_by_their_start_error(
+    run: tuple[Path, dict[str, str]],
+) -> None:
+    out, _ = run
+    distilled = _manifest(out)["stages"]["distill"]
+    weights = distilled["rounds"][0]["step_weights"]
+    assert len(weights) == 4 and all(w > 0 for w in weights) and sum(weights) == pytest.approx(1, abs=1e-3)
+    cfg = DISTILL_PRESETS["tiny"]
+    data = build_dataset(
+        load_vae(out / "vae.safetensors").eval(), cfg.clips, 3, two_object_fraction=TWO_OBJECTS,
+        reading_order=True,
+    )  # fmt: skip
+    teacher = load_dit(out / "teacher.safetensors").eval()
+    errors = start_errors(
+        teacher, cfg.guidance_scale, 4, data, 4 * cfg.batch, 3, cfg.flow_shift, RESCALE
+    )  # what distill measured before the round: the recorded weights are these, normalised
+    assert errors.shape == (4,) and (errors > 0).all()
+    assert (errors / errors.sum()).tolist() == pytest.approx(weights, abs=2e-4)
+    again = start_errors(teacher, cfg.guidance_scale, 4, data, 4 * cfg.batch, 3, cfg.flow_shift, RESCALE)
+    assert torch.equal(errors, again)  # its own generator from the seed: deterministic
+    other = start_errors(teacher, cfg.guidance_scale, 4, data, 4 * cfg.batch, 4, cfg.flow_shift, RESCALE)
+    assert not torch.equal(errors, other)
 
 
 def test_the_dataset_holds_two_object_clips_in_the_share_asked_for(run: tuple[Path, dict[str, str]]) -> None:
@@ -158,6 +199,28 @@ def test_the_guidance_folding_stage_learns_the_guided_velocity(run: tuple[Path, 
         (1, 1.0),
     ]
     assert sorted(students) == [1, 2, 4] and entry["method"].startswith("guidance folding")
+
+
+def test_students_grown_deeper_than_the_teacher_keep_that_depth_and_load_back(
+    run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    out, _ = run
+    teacher = load_dit(out / "teacher.safetensors")
+    depth = teacher.config.depth + 1
+    cfg = replace(DISTILL_PRESETS["tiny"], student_depth=depth)
+    students, entry = distill(
+        cfg, teacher, load_vae(out / "vae.safetensors").eval(), seed=3, log=lambda _: None
+    )
+    assert entry["student_depth"] == depth and sorted(students) == [1, 2, 4]
+    first = entry["rounds"][0]["losses"]
+    assert first[-1][1] < 0.8 * first[0][1], first  # the grown student learns the guided round
+    for steps, student in students.items():  # every later round copies the grown student
+        assert len(student.blocks) == depth, steps
+        save_model(student, tmp_path / student_file(steps))
+        assert load_dit(tmp_path / student_file(steps)).config.depth == depth
+    assert "student_depth" not in _manifest(out)["stages"]["distill"]  # the default keeps the teacher's
+    with pytest.raises(ValueError, match="student_depth 1 is below the teacher's"):
+        distill(replace(cfg, student_depth=1), teacher, load_vae(out / "vae.safetensors"), 3, lambda _: None)
 
 
 def test_eval_prints_a_row_per_run_and_records_the_table(run: tuple[Path, dict[str, str]]) -> None:

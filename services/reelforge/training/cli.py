@@ -191,6 +191,20 @@ def train_command(
     help="Optimisation steps of the first halving round (the one that folds the guidance in); default: "
     "the config's, or --steps when that is given.",
 )
+@click.option(
+    "--student-depth",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Blocks of the students (default: the teacher's). Deeper, the first student is the teacher with "
+    "identity-initialised blocks appended (Net2DeeperNet); each block adds 1.1 MB per student on disk.",
+)
+@click.option(
+    "--first-round-sampling",
+    type=click.Choice(["uniform", "error"]),
+    default=None,
+    help="How the first (guided) round draws each clip's student step: uniformly, or in proportion to "
+    "each step's error before training (default: the config's).",
+)
 @_reading_order
 def distill_command(
     config_name: str,
@@ -201,6 +215,8 @@ def distill_command(
     guidance_rescale: float | None,
     two_object_fraction: float | None,
     first_round_steps: int | None,
+    student_depth: int | None,
+    first_round_sampling: str | None,
     reading_order: bool,
 ) -> None:
     """Distill the guided teacher into few-step students (progressive distillation)."""
@@ -226,6 +242,10 @@ def distill_command(
         cfg = dataclasses.replace(cfg, two_object_fraction=two_object_fraction)
     if steps is not None or first_round_steps is not None:  # --steps alone sets every round's
         cfg = dataclasses.replace(cfg, first_round_steps=first_round_steps)
+    if student_depth is not None:
+        cfg = dataclasses.replace(cfg, student_depth=student_depth)
+    if first_round_sampling is not None:
+        cfg = dataclasses.replace(cfg, first_round_sampling=first_round_sampling)
     if reading_order:
         cfg = dataclasses.replace(cfg, reading_order=True)
     students, entry = distill(cfg, teacher, vae, seed, _echo)

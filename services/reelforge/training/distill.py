@@ -27,10 +27,11 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from reelforge.engine.dit import VideoDiT
 from reelforge.engine.sampler import flow_timesteps, guided_velocity
@@ -79,6 +80,17 @@ class DistillConfig:
     # clips.TWO_OBJECT_FRACTION.
     two_object_fraction: float = TWO_OBJECT_FRACTION
     reading_order: bool = False  # as the teacher's data (DiTTrainConfig.reading_order)
+    # Blocks of the students (None: the teacher's depth). Deeper, the first student starts as the teacher
+    # with blocks appended that start as the identity (grown(), Net2DeeperNet), so it begins where
+    # progressive distillation's copy does, with more capacity for the guided velocity it must fold into
+    # one pass; every later round copies it. Each block is 1.1 MB of float16 per student on disk.
+    student_depth: int | None = None
+    # How the first (guided) round draws the student step each clip trains at: "uniform", or "error": in
+    # proportion to each step's start error (start_errors(): the two-step target's MSE against what the
+    # copied student outputs before training), measured on 4 batches per step before the round. That
+    # error is 1.8-1.9 at t 0.9-1.0, where layout and shape are decided, and 0.18-0.19 from t 0.5 down
+    # (docs/model.md, section 27). Later rounds draw uniformly.
+    first_round_sampling: Literal["uniform", "error"] = "uniform"
 
 
 DISTILL_PRESETS = {
@@ -110,6 +122,19 @@ def _noised(x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> to
     return (1 - t) * x0 + t * noise
 
 
+def draw_steps(
+    student_steps: int, batch: int, generator: torch.Generator, step_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch,) student step indices: uniform, or in proportion to step_weights (student_steps,)."""
+    if step_weights is None:
+        return torch.randint(student_steps, (batch,), generator=generator)
+    if step_weights.shape != (student_steps,):
+        raise ValueError(
+            f"step_weights has shape {tuple(step_weights.shape)}: one per student step, {student_steps}"
+        )
+    return torch.multinomial(step_weights, batch, replacement=True, generator=generator)
+
+
 def round_loss(
     student: VideoDiT,
     teacher: VideoDiT,
@@ -120,11 +145,35 @@ def round_loss(
     generator: torch.Generator,
     flow_shift: float,
     guidance_rescale: float,
+    step_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """MSE of the student's one step against the teacher's two, at student steps drawn uniformly or, given
+    step_weights (student_steps,), in proportion to them."""
     x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
+    k = draw_steps(student_steps, batch, generator, step_weights)  # (B,)
+    x_t, t, target = _two_step_target(
+        teacher, guidance_scale, student_steps, x0, text, mask, 2 * k.to(x0.device), generator, flow_shift,
+        guidance_rescale,
+    )  # fmt: skip
+    return F.mse_loss(student(x_t, t.flatten(), text, mask), target)
+
+
+def _two_step_target(
+    teacher: VideoDiT,
+    guidance_scale: float,
+    student_steps: int,
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    i: torch.Tensor,
+    generator: torch.Generator,
+    flow_shift: float,
+    guidance_rescale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, t (B, 1, 1, 1, 1), the one-step velocity that lands where the teacher's two steps from x_t
+    do) for x0 noised to the teacher grid's times[i] (i (B,): even indices, the student's step starts)."""
     times = flow_timesteps(2 * student_steps, flow_shift).to(x0.device)  # teacher grid; the student's
     # is every other one
-    i = 2 * torch.randint(student_steps, (batch,), generator=generator).to(x0.device)  # (B,) step starts
     t, t_mid, t_next = (times[i + k].view(-1, 1, 1, 1, 1) for k in range(3))  # (B, 1, 1, 1, 1) each
     x_t = _noised(x0, t, generator)  # (B, Z, T', H', W')
     with torch.no_grad():
@@ -136,7 +185,34 @@ def round_loss(
             velocity, x_mid, t_mid.flatten(), guidance_scale, guidance_rescale
         )
         target = (x_next - x_t) / (t_next - t)  # the one-step velocity that lands where two steps did
-    return F.mse_loss(student(x_t, t.flatten(), text, mask), target)
+    return x_t, t, target
+
+
+def start_errors(
+    teacher: VideoDiT,
+    guidance_scale: float,
+    student_steps: int,
+    data: LatentDataset,
+    batch: int,
+    seed: int,
+    flow_shift: float,
+    guidance_rescale: float,
+) -> torch.Tensor:
+    """(student_steps,): at each student step, the MSE between the two-step target and what a student
+    starting as a copy of the teacher outputs (the teacher's conditional velocity), on `batch` clips drawn
+    with their own generator from `seed`, so the round's own draws are unchanged."""
+    generator = torch.Generator().manual_seed(seed)
+    errors = []
+    with torch.no_grad():
+        for k in range(student_steps):
+            x0, text, mask = sample_batch(data, batch, generator)  # (B, Z, T', H', W'), (B, L, 384), (B, L)
+            i = torch.full((batch,), 2 * k, device=x0.device)  # (B,)
+            x_t, t, target = _two_step_target(
+                teacher, guidance_scale, student_steps, x0, text, mask, i, generator, flow_shift,
+                guidance_rescale,
+            )  # fmt: skip
+            errors.append(F.mse_loss(teacher(x_t, t.flatten(), text, mask), target))
+    return torch.stack(errors).cpu()
 
 
 def fold_loss(
@@ -158,8 +234,30 @@ def fold_loss(
     return F.mse_loss(student(x_t, t, text, mask), target)
 
 
-def _student_of(teacher: VideoDiT) -> VideoDiT:
-    student = copy.deepcopy(teacher).requires_grad_(True)
+def grown(teacher: VideoDiT, depth: int, seed: int) -> VideoDiT:
+    """The teacher with depth - teacher.depth blocks appended after its own, computing exactly what the
+    teacher does: each new block's AdaLN-Zero modulation (so both gates) and its cross-attention's output
+    projection start at zero, so the block adds nothing until trained (Net2DeeperNet: Chen et al., ICLR
+    2016, "Net2Net: Accelerating Learning via Knowledge Transfer", arXiv:1511.05641). The new blocks'
+    other weights are DiT's initialisation, drawn from `seed`."""
+    if depth < teacher.config.depth:
+        raise ValueError(f"student depth {depth} is below the teacher's {teacher.config.depth}: choose >= it")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = VideoDiT(replace(teacher.config, depth=depth)).to(teacher.null_text.device)
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("blocks.") for k in missing), (missing, unexpected)
+    for block in student.blocks[teacher.config.depth :]:
+        for layer in (block.adaLN_modulation[-1], block.cross.proj):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return student
+
+
+def _student_of(teacher: VideoDiT, depth: int | None = None, seed: int = 0) -> VideoDiT:
+    """A trainable start for the next student: a copy of `teacher`, grown to `depth` blocks if given."""
+    student = copy.deepcopy(teacher) if depth is None else grown(teacher, depth, seed)
+    student.requires_grad_(True)
     student.null_text.requires_grad_(False)  # students run on the prompt only
     return student
 
@@ -173,16 +271,21 @@ def _distill_round(
     optim: OptimConfig,
     generator: torch.Generator,
     log: Log,
+    depth: int | None = None,
+    seed: int = 0,
+    step_weights: torch.Tensor | None = None,
 ) -> FitResult:
-    """Trains a copy of the teacher to take `steps` Euler steps where the teacher takes 2 * steps, for
-    `optim.steps` optimisation steps."""
-    student = _student_of(teacher)
+    """Trains a copy of the teacher (grown to `depth` blocks if given) to take `steps` Euler steps where
+    the teacher takes 2 * steps, for `optim.steps` optimisation steps, at student steps drawn uniformly
+    or in proportion to `step_weights`."""
+    student = _student_of(teacher, depth, seed)
 
     def loss_at(step: int) -> torch.Tensor:
         rescale = cfg.guidance_rescale
         return round_loss(
-            student, teacher, guidance_scale, steps, data, cfg.batch, generator, cfg.flow_shift, rescale
-        )
+            student, teacher, guidance_scale, steps, data, cfg.batch, generator, cfg.flow_shift, rescale,
+            step_weights,
+        )  # fmt: skip
 
     return fit(student, loss_at, optim, log, f"distill {2 * steps}->{steps}")
 
@@ -194,6 +297,13 @@ def distill(
     reachable = [cfg.teacher_steps >> r for r in range(1, cfg.teacher_steps.bit_length())]
     if cfg.teacher_steps % 2 or not set(cfg.keep_steps) <= set(reachable):
         raise ValueError(f"keep_steps {cfg.keep_steps} must come from halving teacher_steps: {reachable}")
+    if cfg.student_depth is not None and cfg.student_depth < teacher.config.depth:
+        raise ValueError(
+            f"student_depth {cfg.student_depth} is below the teacher's {teacher.config.depth} blocks: "
+            "choose at least that (or None: the teacher's)"
+        )
+    if cfg.first_round_sampling not in ("uniform", "error"):
+        raise ValueError(f"first_round_sampling {cfg.first_round_sampling!r} must be 'uniform' or 'error'")
     if cfg.first_round_steps is not None and cfg.first_round_steps < 1:
         raise ValueError(
             f"first_round_steps {cfg.first_round_steps} must be at least 1 (or None: optim.steps)"
@@ -208,8 +318,10 @@ def distill(
     students: dict[int, VideoDiT] = {}
     rounds = []
     folded: dict[str, Any] | None = None
+    depth = cfg.student_depth  # grows the first student only; later ones copy their teacher
     if cfg.fold_optim is not None:
-        student = _student_of(teacher)
+        student = _student_of(teacher, depth, seed)
+        depth = None
 
         def loss_at(step: int) -> torch.Tensor:
             return fold_loss(student, teacher, guidance, data, cfg.batch, generator, cfg.guidance_rescale)
@@ -226,13 +338,24 @@ def distill(
     while steps >= min(cfg.keep_steps):
         first = not rounds and cfg.first_round_steps is not None
         optim = replace(cfg.optim, steps=cfg.first_round_steps) if first else cfg.optim
-        result = _distill_round(teacher, guidance, steps, data, cfg, optim, generator, log)
+        weights = None
+        if not rounds and cfg.first_round_sampling == "error":
+            errors = start_errors(
+                teacher, guidance, steps, data, 4 * cfg.batch, seed, cfg.flow_shift, cfg.guidance_rescale
+            )
+            weights = errors / errors.sum()  # (steps,)
+            log(f"[distill] first round's step weights: {[round(w, 3) for w in weights.tolist()]}")
+        result = _distill_round(
+            teacher, guidance, steps, data, cfg, optim, generator, log, depth, seed, weights
+        )  # fmt: skip
+        depth = None
         rounds.append(
             {
                 "teacher_steps": 2 * steps,
                 "student_steps": steps,
                 "steps": optim.steps,
                 "guidance_scale": guidance,
+                **({"step_weights": [round(w, 4) for w in weights.tolist()]} if weights is not None else {}),
                 "seconds_per_step": round(result.seconds_per_step, 4),
                 "losses": result.losses,
             }
@@ -253,6 +376,7 @@ def distill(
         "clips": cfg.clips,
         "two_object_fraction": cfg.two_object_fraction,
         **({"reading_order": True} if cfg.reading_order else {}),
+        **({"student_depth": cfg.student_depth} if cfg.student_depth is not None else {}),
         "guidance_scale": cfg.guidance_scale,
         "guidance_rescale": cfg.guidance_rescale,  # the engine samples the folder's guided teacher with it
         "sample_students_at_guidance": 1.0,
