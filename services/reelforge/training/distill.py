@@ -83,13 +83,15 @@ class DistillConfig:
     # Blocks of the students (None: the teacher's depth). Deeper, the first student starts as the teacher
     # with blocks appended that start as the identity (grown(), Net2DeeperNet), so it begins where
     # progressive distillation's copy does, with more capacity for the guided velocity it must fold into
-    # one pass; every later round copies it. Each block is 1.1 MB of float16 per student on disk.
+    # one pass; every later round copies it. Each block is 1.1 MB of float16 per student on disk. A fifth
+    # block scored student@16 as four do (docs/model.md, section 27).
     student_depth: int | None = None
     # How the first (guided) round draws the student step each clip trains at: "uniform", or "error": in
     # proportion to each step's start error (start_errors(): the two-step target's MSE against what the
     # copied student outputs before training), measured on 4 batches per step before the round. That
-    # error is 1.8-1.9 at t 0.9-1.0, where layout and shape are decided, and 0.18-0.19 from t 0.5 down
-    # (docs/model.md, section 27). Later rounds draw uniformly.
+    # error is 1.75-1.94 at t 0.955-1, where layout and shape are decided, and 0.18-0.19 from t 0.5 down;
+    # drawn by it, student@16's shape fell 61.5 -> 56 % (docs/model.md, section 27). Later rounds draw
+    # uniformly.
     first_round_sampling: Literal["uniform", "error"] = "uniform"
 
 
