@@ -1,4 +1,5 @@
-"""Growing the first student (distill.grown): deeper than its teacher, it starts as exactly the teacher."""
+"""distill.grown (a first student deeper than its teacher starts as exactly the teacher) and distill.draw_steps
+(uniform, as the shipped recipe, or steered by weights)."""
 
 from __future__ import annotations
 
