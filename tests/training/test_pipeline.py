@@ -340,3 +340,40 @@ def test_a_stage_without_its_inputs_says_what_to_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(model, ["distill", "--config", "tiny", "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "reelforge model train-vae" in result.output
+
+
+def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
+    run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    out, _ = run
+    for path in out.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    before = sha256_of(tmp_path / student_file(4))
+    others = {n: sha256_of(tmp_path / student_file(n)) for n in (2, 1)}
+    args = ["--config", "tiny", "--out", str(tmp_path), "--seed", "3"]
+    result = CliRunner().invoke(model, ["dmd", *args])
+    assert result.exit_code == 0, result.output
+    manifest = _manifest(tmp_path)
+    stage = manifest["stages"]["dmd"]
+    assert (stage["from_sha256"], stage["student_steps"], stage["data_seed"]) == (before, 4, 3)
+    # It trained the student the engine samples at the distilled guidance, and the files still verify.
+    assert stage["guidance_scale"] == manifest["stages"]["distill"]["guidance_scale"]
+    assert stage["renoise"] == mini.STUDENT_RENOISE
+    assert [step for step, _ in stage["losses"]] == [1, 2, 3]
+    assert manifest["files"][student_file(4)]["sha256"] == sha256_of(tmp_path / student_file(4)) != before
+    assert {n: sha256_of(tmp_path / student_file(n)) for n in (2, 1)} == others
+    tuned, distilled = load_dit(tmp_path / student_file(4)), load_dit(out / student_file(4))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), distilled.state_dict().values())
+    )
+    engine = MiniEngine(checkpoint=tmp_path)
+    request = replace(REQUEST, guidance_scale=stage["guidance_scale"])
+    assert engine.model_for(request) == (engine.students[4], 1.0)
+    assert engine.generate(request, ignore).shape == (16, 64, 64, 3)
+    # A second fine-tune of the same student is refused; a new distillation replaces it and its record.
+    again = CliRunner().invoke(model, ["dmd", *args])
+    assert again.exit_code != 0 and "reelforge model distill" in again.output
+    assert sha256_of(tmp_path / student_file(4)) == manifest["files"][student_file(4)]["sha256"]
+    assert CliRunner().invoke(model, ["distill", *args]).exit_code == 0
+    assert "dmd" not in _manifest(tmp_path)["stages"]
+    assert CliRunner().invoke(model, ["dmd", *args]).exit_code == 0

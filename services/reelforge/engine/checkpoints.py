@@ -120,10 +120,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def record(directory: Path, key: str, entry: dict[str, Any]) -> dict[str, Any]:
-    """Sets manifest[stages][key] (or manifest["eval"] for key "eval"), re-hashes every weights file in
-    the folder and writes the manifest atomically, so it always describes the files beside it."""
+def record(directory: Path, key: str, entry: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Sets manifest[stages][key] (or manifest["eval"] for key "eval"), removes the stages named in
+    `drop`, re-hashes every weights file in the folder and writes the manifest atomically, so it always
+    describes the files beside it."""
     manifest = read_manifest(directory)
+    for stale in drop:
+        manifest["stages"].pop(stale, None)
     # The evaluator is code too: a table is only comparable under the same commit.
     stamped = {"code_commit": code_commit(), **entry}
     if key == "eval":

@@ -3,6 +3,7 @@
     reelforge model train-vae --out DIR     # vae.safetensors
     reelforge model train     --out DIR     # teacher.safetensors (needs the VAE in DIR)
     reelforge model distill   --out DIR     # student_{4,2,1}step.safetensors (needs the teacher)
+    reelforge model dmd       --out DIR     # fine-tunes student_4step.safetensors in place (optional)
     reelforge model eval      --out DIR     # eval table, into DIR/manifest.json
 
 Every stage records what it did in DIR/manifest.json. `--config tiny` runs each stage in seconds (CI);
@@ -251,8 +252,54 @@ def distill_command(
     students, entry = distill(cfg, teacher, vae, seed, _echo)
     for n, student in students.items():
         save_model(student, out / student_file(n))
-    record(out, "distill", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    entry = {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)}
+    record(out, "distill", entry, drop=("dmd",))  # a dmd stage described the students just replaced
     click.echo("wrote " + ", ".join(str(out / student_file(n)) for n in students))
+
+
+@model.command("dmd")
+@_stage_options
+def dmd_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
+    """Fine-tune the folder's 4-step student by distribution matching (DMD2) against the guided teacher."""
+    from reelforge.engine.checkpoints import (
+        TEACHER_FILE,
+        VAE_FILE,
+        load_dit,
+        load_vae,
+        read_manifest,
+        record,
+        save_model,
+        sha256_of,
+        student_file,
+        verified,
+    )  # fmt: skip
+    from reelforge.engine.mini import STUDENT_RENOISE
+    from reelforge.training.dmd import DMD_PRESETS, dmd
+
+    cfg = _with_steps(DMD_PRESETS[config_name], steps)
+    path = _need(out / student_file(cfg.student_steps), "distill")
+    stages = read_manifest(out)["stages"]
+    if "dmd" in stages:
+        raise click.ClickException(
+            f"{path.name} in {out} is already fine-tuned by dmd: run `reelforge model distill --out {out}` "
+            "first for a fresh student"
+        )
+    distilled = stages.get("distill", {})
+    if "guidance_scale" not in distilled:
+        raise click.ClickException(
+            f"{out}/manifest.json records no distillation: run `reelforge model distill --out {out}` first"
+        )
+    start = time.perf_counter()
+    vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
+    teacher = load_dit(verified(_need(out / TEACHER_FILE, "train"))).to(device)
+    student = load_dit(verified(path)).to(device)
+    before = sha256_of(path)
+    guidance, shift = float(distilled["guidance_scale"]), float(distilled.get("flow_shift", 1.0))
+    tuned, entry = dmd(cfg, student, teacher, vae, guidance, shift, STUDENT_RENOISE, seed, _echo)
+    save_model(tuned, path)
+    entry = {"config": config_name, **entry, "from_sha256": before}
+    record(out, "dmd", {**entry, "seconds": round(time.perf_counter() - start, 1)})
+    click.echo(f"wrote {path}")
 
 
 @model.command("eval")
