@@ -19,9 +19,10 @@ from reelforge.engine.checkpoints import (
     student_file,
 )
 from reelforge.engine.interface import GenerationRequest, StepEvent
-from reelforge.engine.mini import SHIPPED_WEIGHTS, MiniEngine
+from reelforge.engine.mini import SHIPPED_WEIGHTS, STUDENT_RENOISE, MiniEngine
 from reelforge.training.clips import TWO_OBJECT_FRACTION, sample_specs
 from reelforge.training.distill import DISTILL_PRESETS
+from reelforge.training.dmd import DMD_PRESETS
 from reelforge.training.evaluator import evaluate_clip
 from reelforge.training.train_dit import DIT_PRESETS
 from reelforge.training.train_vae import VAE_PRESETS, reconstruction_metrics
@@ -74,7 +75,7 @@ def _full_history() -> bool:
 
 def test_manifest_records_how_each_stage_was_made() -> None:
     manifest = read_manifest(SHIPPED_WEIGHTS)
-    for stage in ("vae", "teacher", "distill"):
+    for stage in ("vae", "teacher", "distill", "dmd"):
         entry = manifest["stages"][stage]
         assert entry["config"] == "default"
         assert entry["code_commit"], f"{stage} has no code commit"
@@ -82,9 +83,11 @@ def test_manifest_records_how_each_stage_was_made() -> None:
     evaluation = manifest["eval"]
     assert evaluation["prompts"] >= 200 and evaluation["code_commit"]
     if _full_history():  # each recorded commit is one of this repository's
-        stages = ("vae", "teacher", "distill")
+        stages = ("vae", "teacher", "distill", "dmd")
         for commit in [*(manifest["stages"][s]["code_commit"] for s in stages), evaluation["code_commit"]]:
-            found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=Path(__file__).parent)
+            found = subprocess.run(
+                ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=Path(__file__).parent
+            )
             assert found.returncode == 0, f"{commit} is not a commit of this checkout"
     assert set(evaluation["rows"]) >= {
         "teacher@50", "teacher@4", "student@4", "student@2", "student@1"
@@ -105,7 +108,10 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
     assert (distill["steps_per_round"], distill["batch"], distill["clips"]) == (
         students.optim.steps, students.batch, students.clips
     )  # fmt: skip
-    assert (distill["guidance_scale"], distill["flow_shift"]) == (students.guidance_scale, students.flow_shift)
+    assert (distill["guidance_scale"], distill["flow_shift"]) == (
+        students.guidance_scale,
+        students.flow_shift,
+    )
     # A manifest from before the first round's steps were recorded ran every round alike.
     first_round = students.first_round_steps or students.optim.steps
     assert distill.get("first_round_steps", distill["steps_per_round"]) == first_round
@@ -116,6 +122,16 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
         dit.reading_order, students.reading_order
     )  # fmt: skip
     assert stages["vae"]["steps"] == VAE_PRESETS["default"].optim.steps
+    # `reelforge model dmd --config default` then fine-tuned the distilled 4-step student (section 28).
+    dmd, tuned = stages["dmd"], DMD_PRESETS["default"]
+    assert (dmd["student_steps"], dmd["steps"], dmd["lr"], dmd["critic_lr"]) == (
+        tuned.student_steps, tuned.optim.steps, tuned.optim.lr, tuned.critic_lr
+    )  # fmt: skip
+    assert (dmd["critic_updates"], dmd["critic_warmup"], dmd["batch"], dmd["clips"]) == (
+        tuned.critic_updates, tuned.critic_warmup, tuned.batch, tuned.clips
+    )  # fmt: skip
+    assert (tuple(dmd["t_range"]), dmd["guidance_scale"]) == (tuned.t_range, distill["guidance_scale"])
+    assert dmd["renoise"] == STUDENT_RENOISE  # trained as the engine samples it
 
 
 def test_default_request_is_served_by_the_4_step_student(engine: MiniEngine) -> None:
