@@ -101,3 +101,15 @@ def test_the_critic_learns_from_the_students_outputs_without_moving_them() -> No
     loss.backward()
     assert x0.grad is None
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.parameters())
+
+
+def test_the_teacher_is_guided_with_the_rescale_the_students_were_distilled_at() -> None:
+    teacher, critic, (text, mask) = _model(0), _model(1), _prompt()
+    grads = []
+    for rescale in (0.0, 0.7):
+        x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+        g = torch.Generator().manual_seed(3)
+        dmd_loss(x0, teacher, critic, text, mask, 4.0, DMDConfig(), g, guidance_rescale=rescale).backward()
+        grads.append(x0.grad)
+    assert grads[0] is not None and grads[1] is not None
+    assert not torch.allclose(grads[0], grads[1])

@@ -358,6 +358,7 @@ def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
     assert (stage["from_sha256"], stage["student_steps"], stage["data_seed"]) == (before, 4, 3)
     # It trained the student the engine samples at the distilled guidance, and the files still verify.
     assert stage["guidance_scale"] == manifest["stages"]["distill"]["guidance_scale"]
+    assert stage["guidance_rescale"] == manifest["stages"]["distill"]["guidance_rescale"] == RESCALE
     assert stage["renoise"] == mini.STUDENT_RENOISE
     assert [step for step, _ in stage["losses"]] == [1, 2, 3]
     assert manifest["files"][student_file(4)]["sha256"] == sha256_of(tmp_path / student_file(4)) != before

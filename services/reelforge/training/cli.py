@@ -295,7 +295,8 @@ def dmd_command(config_name: str, steps: int | None, out: Path, seed: int, devic
     student = load_dit(verified(path)).to(device)
     before = sha256_of(path)
     guidance, shift = float(distilled["guidance_scale"]), float(distilled.get("flow_shift", 1.0))
-    tuned, entry = dmd(cfg, student, teacher, vae, guidance, shift, STUDENT_RENOISE, seed, _echo)
+    rescale = float(distilled.get("guidance_rescale", 0.0))  # as the students were distilled
+    tuned, entry = dmd(cfg, student, teacher, vae, guidance, shift, STUDENT_RENOISE, seed, _echo, rescale)
     save_model(tuned, path)
     entry = {"config": config_name, **entry, "from_sha256": before}
     record(out, "dmd", {**entry, "seconds": round(time.perf_counter() - start, 1)})

@@ -131,14 +131,17 @@ def dmd_loss(
     guidance_scale: float,
     cfg: DMDConfig,
     generator: torch.Generator,
+    guidance_rescale: float = 0.0,
 ) -> torch.Tensor:
     """DMD's loss on the student's x0 (B, Z, T', H', W'): its gradient with respect to x0 is the critic's
     clean-latent prediction minus the guided teacher's at x0 noised to tau, divided per clip by the mean
-    |x0 - the teacher's prediction|."""
+    |x0 - the teacher's prediction|. The teacher is guided as in the distillation (guidance_rescale: phi
+    of engine/sampler.guided_velocity)."""
     with torch.no_grad():
         x_tau, tau, _ = _noised(x0, cfg.t_range, generator)
         tv = tau.view(-1, 1, 1, 1, 1)
-        real = x_tau - tv * guided_velocity(_velocity(teacher, text, mask), x_tau, tau, guidance_scale)
+        velocity = _velocity(teacher, text, mask)
+        real = x_tau - tv * guided_velocity(velocity, x_tau, tau, guidance_scale, guidance_rescale)
         fake = x_tau - tv * critic(x_tau, tau, text, mask)
         scale = (x0 - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)  # (B, 1, 1, 1, 1)
         step = (fake - real) / scale
@@ -155,9 +158,10 @@ def dmd(
     renoise: float,
     seed: int,
     log: Log,
+    guidance_rescale: float = 0.0,
 ) -> tuple[VideoDiT, dict[str, Any]]:
-    """The fine-tuned student and the manifest entry. guidance_scale, flow_shift and renoise are the ones
-    the student was distilled at and is sampled with (the weights folder's)."""
+    """The fine-tuned student and the manifest entry. guidance_scale, flow_shift, guidance_rescale and
+    renoise are the ones the student was distilled at and is sampled with (the weights folder's)."""
     if not 0 <= cfg.t_range[0] < cfg.t_range[1] <= 1:
         raise ValueError(f"t_range {cfg.t_range} must be two increasing times in [0, 1]")
     data: LatentDataset = build_dataset(vae, cfg.clips, seed)
@@ -200,7 +204,7 @@ def dmd(
         text, mask = prompts()
         k = int(torch.randint(cfg.student_steps, (1,), generator=generator))
         x0 = student_x0(student, shape, times, k, text, mask, renoise, generator, grad=True)
-        return dmd_loss(x0, teacher, critic, text, mask, guidance_scale, cfg, generator)
+        return dmd_loss(x0, teacher, critic, text, mask, guidance_scale, cfg, generator, guidance_rescale)
 
     result = fit(student, loss_at, cfg.optim, log, f"dmd {cfg.student_steps}-step")
     window = max(1, cfg.optim.log_every * cfg.critic_updates)
@@ -217,6 +221,7 @@ def dmd(
         "clips": cfg.clips,
         "t_range": list(cfg.t_range),
         "guidance_scale": guidance_scale,
+        **({"guidance_rescale": guidance_rescale} if guidance_rescale else {}),
         "renoise": renoise,
         "seconds": round(time.perf_counter() - start, 1),
         "seconds_per_step": round(result.seconds_per_step, 4),
