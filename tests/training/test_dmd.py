@@ -1,5 +1,6 @@
 """training/dmd.py: the student it trains is sampled as the engine samples it, its gradient is DMD's, and
-the stage moves the student, leaves the teacher alone and is deterministic by seed."""
+the stage moves the student, leaves the teacher alone and is deterministic by seed; the GAN term's head
+learns real from fake and its loss moves the student's latents toward what the head calls real."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import torch
 
 from reelforge.engine.dit import DiTConfig, VideoDiT
 from reelforge.engine.sampler import flow_timesteps, sample
-from reelforge.training.dmd import DMDConfig, critic_loss, dmd_loss, student_x0
+from reelforge.training.dmd import (
+    DMDConfig,
+    RealFakeHead,
+    _Tap,
+    critic_loss,
+    dmd_loss,
+    fooling_loss,
+    head_losses,
+    student_x0,
+)
 
 CONFIG = DiTConfig(hidden=32, depth=2, heads=2, text_len=6)
 SHAPE = (3, CONFIG.latent_channels, 2, 4, 4)  # (B, Z, T', H', W')
@@ -113,3 +123,63 @@ def test_the_teacher_is_guided_with_the_rescale_the_students_were_distilled_at()
         grads.append(x0.grad)
     assert grads[0] is not None and grads[1] is not None
     assert not torch.allclose(grads[0], grads[1])
+
+
+def _head(seed: int) -> RealFakeHead:
+    torch.manual_seed(seed)
+    return RealFakeHead(CONFIG.hidden)
+
+
+def test_the_head_learns_to_tell_real_latents_from_the_students() -> None:
+    critic, head, (text, mask) = _model(1), _head(0), _prompt()
+    tap, cfg, g = _Tap(critic, 0), DMDConfig(t_range=(0.02, 0.2)), torch.Generator().manual_seed(3)
+    fake = torch.randn(SHAPE, generator=g)
+    real = 1.0 + 0.2 * torch.randn(SHAPE, generator=g)  # another distribution than the student's
+    optim = torch.optim.Adam([*critic.parameters(), *head.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(40):
+        critic_loss(critic, fake, text, mask, cfg, g)  # the critic's forward on the fake batch fills the tap
+        fake_loss, real_loss = head_losses(critic, head, tap, (real, text, mask), cfg, g)
+        optim.zero_grad()
+        (fake_loss + real_loss).backward()
+        optim.step()
+        losses.append((fake_loss + real_loss).item())
+    assert losses[0] > 1.0 and losses[-1] < 0.2  # from about 2 log 2 (chance) to a sure classifier
+    with pytest.raises(RuntimeError, match="has not run"):  # no fake tokens since the last take
+        head_losses(critic, head, tap, (real, text, mask), cfg, g)
+
+
+def test_the_head_reads_the_block_it_is_given() -> None:
+    critic, head, (text, mask) = _model(1), _head(0), _prompt()
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    tap = _Tap(critic, 0)
+
+    def loss() -> torch.Tensor:
+        return fooling_loss(critic, head, tap, x0, text, mask, DMDConfig(), torch.Generator().manual_seed(4))
+
+    before = loss()
+    with torch.no_grad():
+        for p in critic.blocks[1].parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(loss(), before)  # block 1 comes after what the head reads
+    with torch.no_grad():
+        for p in critic.blocks[0].parameters():
+            p.add_(1.0)
+    assert not torch.allclose(loss(), before)
+    with pytest.raises(ValueError, match="gan_block 2"):
+        _Tap(critic, CONFIG.depth)
+
+
+def test_the_students_gan_loss_moves_its_latents_toward_what_the_head_calls_real() -> None:
+    critic, head, (text, mask) = _model(1), _head(0), _prompt()
+    tap = _Tap(critic, 1)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:  # the same tau and noise each call
+        return fooling_loss(critic, head, tap, x, text, mask, DMDConfig(), torch.Generator().manual_seed(4))
+
+    first = loss(x0)
+    first.backward()
+    assert x0.grad is not None and x0.grad.abs().max() > 0
+    with torch.no_grad():
+        assert loss(x0 - 10.0 * x0.grad) < first  # one step down the gradient: the head calls it more real

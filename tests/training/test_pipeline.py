@@ -377,4 +377,9 @@ def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
     assert sha256_of(tmp_path / student_file(4)) == manifest["files"][student_file(4)]["sha256"]
     assert CliRunner().invoke(model, ["distill", *args]).exit_code == 0
     assert "dmd" not in _manifest(tmp_path)["stages"]
-    assert CliRunner().invoke(model, ["dmd", *args]).exit_code == 0
+    # DMD2's GAN term is an option, recorded when on.
+    assert "gan" not in stage and "without its GAN term" in stage["method"]
+    result = CliRunner().invoke(model, ["dmd", *args, "--gan-weight", "0.01"])
+    assert result.exit_code == 0, result.output
+    gan = _manifest(tmp_path)["stages"]["dmd"]["gan"]
+    assert (gan["weight"], len(gan["student_losses"])) == (0.01, 3)

@@ -259,7 +259,16 @@ def distill_command(
 
 @model.command("dmd")
 @_stage_options
-def dmd_command(config_name: str, steps: int | None, out: Path, seed: int, device: str) -> None:
+@click.option(
+    "--gan-weight",
+    type=click.FloatRange(min=0.0),
+    default=None,
+    help="Weight of DMD2's GAN term in the student's loss: a head on the critic tells the student's clips "
+    "from real training clips (default: the config's; 0, off, in the shipped recipe).",
+)
+def dmd_command(
+    config_name: str, steps: int | None, out: Path, seed: int, device: str, gan_weight: float | None
+) -> None:
     """Fine-tune the folder's 4-step student by distribution matching (DMD2) against the guided teacher."""
     from reelforge.engine.checkpoints import (
         TEACHER_FILE,
@@ -277,6 +286,8 @@ def dmd_command(config_name: str, steps: int | None, out: Path, seed: int, devic
     from reelforge.training.dmd import DMD_PRESETS, dmd
 
     cfg = _with_steps(DMD_PRESETS[config_name], steps)
+    if gan_weight is not None:
+        cfg = dataclasses.replace(cfg, gan_weight=gan_weight)
     path = _need(out / student_file(cfg.student_steps), "distill")
     stages = read_manifest(out)["stages"]
     if "dmd" in stages:

@@ -2,7 +2,7 @@
 
 Method: DMD (Yin et al., CVPR 2024, "One-step Diffusion with Distribution Matching Distillation",
 arXiv:2311.18828) as DMD2 runs it (Yin et al., NeurIPS 2024, "Improved Distribution Matching
-Distillation for Fast Image Synthesis", arXiv:2405.14867), without DMD2's GAN term:
+Distillation for Fast Image Synthesis", arXiv:2405.14867); its GAN term is optional (`gan_weight`):
 - the student is a multi-step generator sampled as the engine samples it: at each of its steps it predicts
   a clean latent, which is noised again to the next step's time with fresh noise (ancestral sampling,
   engine/sampler.sample with renoise 1). Training runs DMD2's backward simulation: draw one of the
@@ -16,7 +16,13 @@ Distillation for Fast Image Synthesis", arXiv:2405.14867), without DMD2's GAN te
   the student's outputs toward where the guided teacher puts its mass and away from where the student
   alone does;
 - DMD2's two time-scale update rule: the critic takes `critic_updates` steps for every student step, and
-  `critic_warmup` steps before the first.
+  `critic_warmup` steps before the first;
+- DMD2's GAN term, when `gan_weight` > 0: a small head on the critic's token states halfway through it (where
+  DMD2 reads its UNet's bottleneck) classifies noised latents as real (the training clips, VAE-encoded) or
+  the student's. The head and the critic learn it with `gan_critic_weight` times the non-saturating
+  classification loss beside the critic's flow-matching loss; the student gets `gan_weight` times the
+  non-saturating generator loss through the critic, so it learns from real clips and not only from the
+  teacher's score (DMD2, section 4.3).
 
 The regression loss of DMD (paired noise -> teacher outputs) is left out, as DMD2 does: the student starts
 as the progressive rounds' student, which already maps noise to the teacher's samples.
@@ -25,12 +31,14 @@ as the progressive rounds' student, which already maps noise to the teacher's sa
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from reelforge.engine.dit import VideoDiT
 from reelforge.engine.sampler import flow_timesteps, guided_velocity
@@ -55,6 +63,15 @@ class DMDConfig:
     batch: int = 16
     clips: int = 1024  # only their captions are used: the student's outputs are the critic's data
     t_range: tuple[float, float] = (0.02, 0.98)  # tau, where the two scores are compared (DMD2's)
+    # DMD2's GAN term, off in the shipped recipe: the student's weight (DMD2: 3e-3 on ImageNet, 5e-3 on
+    # SDXL), the critic's (DMD2: 1e-2), and the block whose output the real/fake head reads (1 of 0..3: the
+    # middle of the shipped four-block critic). In 100 student updates it changed nothing measurable at
+    # DMD2's weights or at 0.1, and cost 1.6x the stage's time; with a head that did learn (lr 1e-3, critic
+    # weight 0.1) it cost 8 points of shape (docs/model.md, section 29).
+    gan_weight: float = 0.0
+    gan_critic_weight: float = 1e-2
+    gan_block: int = 1
+    gan_head_lr: float | None = None  # the head's learning rate (None: critic_lr, as DMD2)
 
 
 DMD_PRESETS = {
@@ -109,6 +126,39 @@ def _noised(
     return (1 - tv) * x0 + tv * noise, tau, noise
 
 
+class RealFakeHead(nn.Module):
+    """DMD2's classifier on the critic's token states: (B, N, D) -> one real-vs-student logit (B,)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU())
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.net(tokens).mean(dim=1)).squeeze(-1)  # (B, N, D) -> (B, D) -> (B,)
+
+
+class _Tap:
+    """Keeps the output of one critic block (B, N, D) from each forward of the critic."""
+
+    def __init__(self, critic: VideoDiT, block: int) -> None:
+        if not 0 <= block < len(critic.blocks):
+            raise ValueError(
+                f"gan_block {block} must be one of the critic's blocks 0..{len(critic.blocks) - 1}"
+            )
+        self.tokens: torch.Tensor | None = None
+        critic.blocks[block].register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.tokens = output
+
+    def take(self) -> torch.Tensor:
+        tokens, self.tokens = self.tokens, None
+        if tokens is None:
+            raise RuntimeError("the critic has not run since the last take")
+        return tokens
+
+
 def critic_loss(
     critic: VideoDiT,
     x0: torch.Tensor,
@@ -120,6 +170,42 @@ def critic_loss(
     """The flow-matching loss of the critic on the student's clean latents x0 (no gradient into them)."""
     x_tau, tau, noise = _noised(x0.detach(), cfg.t_range, generator)
     return F.mse_loss(critic(x_tau, tau, text, mask), noise - x0.detach())
+
+
+def head_losses(
+    critic: VideoDiT,
+    head: RealFakeHead,
+    tap: _Tap,
+    real: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    cfg: DMDConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's non-saturating classification losses (softplus(D(fake)) mean, softplus(-D(real)) mean).
+    The fake tokens are the tap's from the critic's last forward (critic_loss's, on the student's noised
+    latents); real is a (latent, text, mask) batch of training clips, noised here to a random tau."""
+    fake_loss = F.softplus(head(tap.take())).mean()
+    x0, text, mask = real
+    x_tau, tau, _ = _noised(x0, cfg.t_range, generator)
+    critic(x_tau, tau, text, mask)
+    return fake_loss, F.softplus(-head(tap.take())).mean()
+
+
+def fooling_loss(
+    critic: VideoDiT,
+    head: RealFakeHead,
+    tap: _Tap,
+    x0: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: DMDConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The student's GAN loss on its x0 (B, Z, T', H', W'), noised to a random tau: softplus(-D) mean,
+    low when the head calls its clips real (DMD2's non-saturating generator loss). Its gradient reaches x0
+    through the critic; the caller keeps the critic's parameters out of it."""
+    x_tau, tau, _ = _noised(x0, cfg.t_range, generator)
+    critic(x_tau, tau, text, mask)
+    return F.softplus(-head(tap.take())).mean()
 
 
 def dmd_loss(
@@ -174,23 +260,42 @@ def dmd(
     critic = copy.deepcopy(teacher).requires_grad_(True)
     critic.null_text.requires_grad_(False)
     critic_params = [p for p in critic.parameters() if p.requires_grad]
-    critic_optim = torch.optim.AdamW(critic_params, lr=cfg.critic_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gan = cfg.gan_weight > 0
+    head, tap = None, None
+    if gan:
+        tap = _Tap(critic, cfg.gan_block)
+        with torch.random.fork_rng(devices=[]):  # the head's initialisation, by seed
+            torch.manual_seed(seed)
+            head = RealFakeHead(critic.config.hidden).to(data.latents.device)
+    groups: list[dict[str, Any]] = [{"params": list(critic_params)}]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": cfg.gan_head_lr or cfg.critic_lr})
+        critic_params += groups[-1]["params"]
+    critic_optim = torch.optim.AdamW(groups, lr=cfg.critic_lr, betas=(0.9, 0.99), weight_decay=0.0)
     critic_losses: list[float] = []
+    gan_log: list[tuple[float, float, float]] = []  # per critic update: fake, real loss; student's term
 
     def prompts() -> tuple[torch.Tensor, torch.Tensor]:
         _, text, mask = sample_batch(data, cfg.batch, generator)  # (B, L, 384), (B, L)
         return text, mask
 
     def update_critic() -> None:
+        for p in critic_params:
+            p.requires_grad_(True)
         text, mask = prompts()
         k = int(torch.randint(cfg.student_steps, (1,), generator=generator))
         x0 = student_x0(student, shape, times, k, text, mask, renoise, generator, grad=False)
         loss = critic_loss(critic, x0, text, mask, cfg, generator)
+        critic_losses.append(loss.item())
+        if head is not None and tap is not None:
+            real = sample_batch(data, cfg.batch, generator)  # VAE-encoded training clips, their captions
+            fake_loss, real_loss = head_losses(critic, head, tap, real, cfg, generator)
+            loss = loss + cfg.gan_critic_weight * (fake_loss + real_loss)
+            gan_log.append((fake_loss.item(), real_loss.item(), float("nan")))
         critic_optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(critic_params, 1.0)
         critic_optim.step()
-        critic_losses.append(loss.item())
 
     start = time.perf_counter()
     for _ in range(cfg.critic_warmup):
@@ -204,12 +309,20 @@ def dmd(
         text, mask = prompts()
         k = int(torch.randint(cfg.student_steps, (1,), generator=generator))
         x0 = student_x0(student, shape, times, k, text, mask, renoise, generator, grad=True)
-        return dmd_loss(x0, teacher, critic, text, mask, guidance_scale, cfg, generator, guidance_rescale)
+        loss = dmd_loss(x0, teacher, critic, text, mask, guidance_scale, cfg, generator, guidance_rescale)
+        if head is None or tap is None:
+            return loss
+        for p in critic_params:  # the student's step moves only the student
+            p.requires_grad_(False)
+        fooled = fooling_loss(critic, head, tap, x0, text, mask, cfg, generator)
+        gan_log[-1] = (*gan_log[-1][:2], fooled.item())
+        return loss + cfg.gan_weight * fooled
 
     result = fit(student, loss_at, cfg.optim, log, f"dmd {cfg.student_steps}-step")
     window = max(1, cfg.optim.log_every * cfg.critic_updates)
     entry = {
-        "method": "distribution matching distillation (Yin et al. 2024, DMD2 without its GAN term)",
+        "method": "distribution matching distillation (Yin et al. 2024, DMD2"
+        + (" with its GAN term)" if gan else " without its GAN term)"),
         "student_steps": cfg.student_steps,
         "data_seed": seed,
         "steps": cfg.optim.steps,
@@ -226,9 +339,24 @@ def dmd(
         "seconds": round(time.perf_counter() - start, 1),
         "seconds_per_step": round(result.seconds_per_step, 4),
         "losses": result.losses,
-        "critic_losses": [
-            round(sum(critic_losses[i : i + window]) / len(critic_losses[i : i + window]), 5)
-            for i in range(0, len(critic_losses), window)
-        ],
+        "critic_losses": _means(critic_losses, window),
     }
+    if gan:  # absent from the shipped record, made without it
+        entry["gan"] = {
+            "weight": cfg.gan_weight,
+            "critic_weight": cfg.gan_critic_weight,
+            "block": cfg.gan_block,
+            "head_lr": cfg.gan_head_lr or cfg.critic_lr,
+            "head_fake_losses": _means([f for f, _, _ in gan_log], window),
+            "head_real_losses": _means([r for _, r, _ in gan_log], window),
+            "student_losses": _means([g for _, _, g in gan_log if not math.isnan(g)], cfg.optim.log_every),
+        }
     return result.model.eval().requires_grad_(False), entry  # type: ignore[return-value]
+
+
+def _means(values: list[float], window: int) -> list[float]:
+    """Means of consecutive windows of values, rounded for the manifest."""
+    return [
+        round(sum(values[i : i + window]) / len(values[i : i + window]), 5)
+        for i in range(0, len(values), window)
+    ]
