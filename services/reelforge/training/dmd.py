@@ -61,7 +61,7 @@ class DMDConfig:
     critic_updates: int = 4
     critic_warmup: int = 50  # critic updates before the student's first: it starts as the teacher
     batch: int = 16
-    clips: int = 1024  # only their captions are used: the student's outputs are the critic's data
+    clips: int = 1024  # their captions; their latents only as the GAN term's real clips
     t_range: tuple[float, float] = (0.02, 0.98)  # tau, where the two scores are compared (DMD2's)
     # DMD2's GAN term, off in the shipped recipe: the student's weight (DMD2: 3e-3 on ImageNet, 5e-3 on
     # SDXL), the critic's (DMD2: 1e-2), and the block whose output the real/fake head reads (1 of 0..3: the
