@@ -260,18 +260,15 @@ def dmd(
     critic = copy.deepcopy(teacher).requires_grad_(True)
     critic.null_text.requires_grad_(False)
     critic_params = [p for p in critic.parameters() if p.requires_grad]
-    gan = cfg.gan_weight > 0
-    head, tap = None, None
-    if gan:
-        tap = _Tap(critic, cfg.gan_block)
+    gan: tuple[RealFakeHead, _Tap] | None = None  # DMD2's GAN term: the head and where it reads the critic
+    groups: list[dict[str, Any]] = [{"params": critic_params}]
+    if cfg.gan_weight > 0:
         with torch.random.fork_rng(devices=[]):  # the head's initialisation, by seed
             torch.manual_seed(seed)
-            head = RealFakeHead(critic.config.hidden).to(data.latents.device)
-    groups: list[dict[str, Any]] = [{"params": list(critic_params)}]
-    if head is not None:
-        groups.append({"params": list(head.parameters()), "lr": cfg.gan_head_lr or cfg.critic_lr})
-        critic_params += groups[-1]["params"]
+            gan = RealFakeHead(critic.config.hidden).to(data.latents.device), _Tap(critic, cfg.gan_block)
+        groups.append({"params": list(gan[0].parameters()), "lr": cfg.gan_head_lr or cfg.critic_lr})
     critic_optim = torch.optim.AdamW(groups, lr=cfg.critic_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    trained = [p for group in groups for p in group["params"]]  # the critic's and the head's
     critic_losses: list[float] = []
     gan_log: list[tuple[float, float, float]] = []  # per critic update: fake, real loss; student's term
 
@@ -280,21 +277,19 @@ def dmd(
         return text, mask
 
     def update_critic() -> None:
-        for p in critic_params:
-            p.requires_grad_(True)
         text, mask = prompts()
         k = int(torch.randint(cfg.student_steps, (1,), generator=generator))
         x0 = student_x0(student, shape, times, k, text, mask, renoise, generator, grad=False)
         loss = critic_loss(critic, x0, text, mask, cfg, generator)
         critic_losses.append(loss.item())
-        if head is not None and tap is not None:
+        if gan is not None:
             real = sample_batch(data, cfg.batch, generator)  # VAE-encoded training clips, their captions
-            fake_loss, real_loss = head_losses(critic, head, tap, real, cfg, generator)
+            fake_loss, real_loss = head_losses(critic, *gan, real, cfg, generator)
             loss = loss + cfg.gan_critic_weight * (fake_loss + real_loss)
             gan_log.append((fake_loss.item(), real_loss.item(), float("nan")))
         critic_optim.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(critic_params, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         critic_optim.step()
 
     start = time.perf_counter()
@@ -310,11 +305,13 @@ def dmd(
         k = int(torch.randint(cfg.student_steps, (1,), generator=generator))
         x0 = student_x0(student, shape, times, k, text, mask, renoise, generator, grad=True)
         loss = dmd_loss(x0, teacher, critic, text, mask, guidance_scale, cfg, generator, guidance_rescale)
-        if head is None or tap is None:
+        if gan is None:
             return loss
-        for p in critic_params:  # the student's step moves only the student
+        for p in trained:  # the graph built now reaches x0 through the critic, not the critic itself
             p.requires_grad_(False)
-        fooled = fooling_loss(critic, head, tap, x0, text, mask, cfg, generator)
+        fooled = fooling_loss(critic, *gan, x0, text, mask, cfg, generator)
+        for p in trained:
+            p.requires_grad_(True)
         gan_log[-1] = (*gan_log[-1][:2], fooled.item())
         return loss + cfg.gan_weight * fooled
 
@@ -322,7 +319,7 @@ def dmd(
     window = max(1, cfg.optim.log_every * cfg.critic_updates)
     entry = {
         "method": "distribution matching distillation (Yin et al. 2024, DMD2"
-        + (" with its GAN term)" if gan else " without its GAN term)"),
+        + (" with its GAN term)" if gan is not None else " without its GAN term)"),
         "student_steps": cfg.student_steps,
         "data_seed": seed,
         "steps": cfg.optim.steps,
@@ -341,7 +338,7 @@ def dmd(
         "losses": result.losses,
         "critic_losses": _means(critic_losses, window),
     }
-    if gan:  # absent from the shipped record, made without it
+    if gan is not None:  # absent from the shipped record, made without it
         entry["gan"] = {
             "weight": cfg.gan_weight,
             "critic_weight": cfg.gan_critic_weight,
