@@ -383,3 +383,41 @@ def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
     assert result.exit_code == 0, result.output
     gan = _manifest(tmp_path)["stages"]["dmd"]["gan"]
     assert (gan["weight"], len(gan["student_losses"])) == (0.01, 3)
+
+
+def test_train_resume_goes_on_from_the_teacher_in_the_folder(
+    run: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    out, _ = run
+    for path in out.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    fresh = tmp_path / "fresh"  # the VAE (and the manifest that vouches for it) alone: nothing to resume
+    fresh.mkdir()
+    for name in ("vae.safetensors", MANIFEST):
+        (fresh / name).write_bytes((out / name).read_bytes())
+    before = sha256_of(tmp_path / "teacher.safetensors")
+    first = _manifest(tmp_path)["stages"]["teacher"]
+    args = ["train", "--config", "tiny", "--seed", "4", "--steps", "10"]
+    result = CliRunner().invoke(
+        model, [*args, "--out", str(tmp_path), "--resume", "--lr", "5e-4", "--warmup", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    stage = _manifest(tmp_path)["stages"]["teacher"]
+    assert (stage["steps"], stage["data_seed"], stage["lr"], stage["warmup"]) == (10, 4, 5e-4, 2)
+    resumed = stage["resumed_from"]
+    assert resumed["sha256"] == before and resumed["steps"] == first["steps"] == 40
+    assert "losses" not in resumed and resumed["grounding_weight"] == GROUNDING
+    after = sha256_of(tmp_path / "teacher.safetensors")
+    assert after != before
+    # Refused before any training: nothing to resume, or a teacher of another architecture.
+    nothing = CliRunner().invoke(model, [*args, "--out", str(fresh), "--resume"])
+    assert nothing.exit_code != 0 and "reelforge model train --out" in nothing.output
+    other = CliRunner().invoke(model, ["train", "--config", "default", "--out", str(tmp_path), "--resume"])
+    assert other.exit_code != 0 and "resume it with the config it was trained with" in other.output
+    assert sha256_of(tmp_path / "teacher.safetensors") == after
+    # It starts where the first run ended: its first window's loss is below a fresh run's.
+    result = CliRunner().invoke(model, [*args, "--out", str(fresh), "--lr", "5e-4", "--warmup", "2"])
+    assert result.exit_code == 0, result.output
+    new = _manifest(fresh)["stages"]["teacher"]
+    assert "resumed_from" not in new
+    assert stage["losses"][0][1] < 0.8 * new["losses"][0][1], (stage["losses"], new["losses"])

@@ -139,6 +139,17 @@ def train_vae_command(config_name: str, steps: int | None, out: Path, seed: int,
     "cross-attention on that object; 0 = off).",
 )
 @_reading_order
+@click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Go on training the teacher already in --out (a warm restart of the schedule from its weights) "
+    "instead of a new one; give its seed another value so it draws new batches.",
+)
+@click.option(
+    "--lr", type=click.FloatRange(min=0.0, min_open=True), default=None, help="Override the peak rate."
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=None, help="Override the linear warm-up steps.")
 def train_command(
     config_name: str,
     steps: int | None,
@@ -149,14 +160,33 @@ def train_command(
     t_shift: float | None,
     grounding_weight: float | None,
     reading_order: bool,
+    resume: bool,
+    lr: float | None,
+    warmup: int | None,
 ) -> None:
     """Train the DiT teacher by rectified flow on the VAE's latents."""
-    from reelforge.engine.checkpoints import TEACHER_FILE, VAE_FILE, load_vae, record, save_model, verified
+    from reelforge.engine.checkpoints import (
+        TEACHER_FILE,
+        VAE_FILE,
+        load_dit,
+        load_vae,
+        read_manifest,
+        record,
+        save_model,
+        sha256_of,
+        verified,
+    )  # fmt: skip
     from reelforge.training.train_dit import DIT_PRESETS, train_dit
 
     start = time.perf_counter()
     vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
     cfg = _with_steps(DIT_PRESETS[config_name], steps)
+    if lr is not None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
+    if warmup is not None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup=warmup))
+    if warmup is not None and warmup >= cfg.optim.steps:
+        raise click.BadParameter(f"{warmup} must be below the {cfg.optim.steps} steps", param_hint="--warmup")
     if t_sampling is not None:
         cfg = dataclasses.replace(cfg, t_sampling=t_sampling)
     if t_shift is not None:
@@ -165,9 +195,22 @@ def train_command(
         cfg = dataclasses.replace(cfg, grounding_weight=grounding_weight)
     if reading_order:
         cfg = dataclasses.replace(cfg, reading_order=True)
-    teacher, entry = train_dit(cfg, vae, seed, _echo)
+    resumed: dict[str, Any] = {}
+    init = None
+    if resume:
+        path = verified(_need(out / TEACHER_FILE, "train"))
+        init = load_dit(path)
+        if init.config != cfg.dit:
+            raise click.ClickException(
+                f"{path} is a DiT of {init.config}, not the {config_name!r} config's {cfg.dit}: "
+                "resume it with the config it was trained with"
+            )
+        before = {k: v for k, v in read_manifest(out)["stages"].get("teacher", {}).items() if k != "losses"}
+        resumed = {"resumed_from": {"sha256": sha256_of(path), **before}}
+    teacher, entry = train_dit(cfg, vae, seed, _echo, init=init)
     save_model(teacher, out / TEACHER_FILE)
-    record(out, "teacher", {"config": config_name, **entry, "seconds": round(time.perf_counter() - start, 1)})
+    entry = {"config": config_name, **entry, "lr": cfg.optim.lr, "warmup": cfg.optim.warmup, **resumed}
+    record(out, "teacher", {**entry, "seconds": round(time.perf_counter() - start, 1)})
     click.echo(f"wrote {out / TEACHER_FILE}")
 
 

@@ -279,10 +279,13 @@ def flow_matching_loss(
 
 
 def train_dit(
-    cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log
+    cfg: DiTTrainConfig, vae: VideoVAE, seed: int, log: Log, init: VideoDiT | None = None
 ) -> tuple[VideoDiT, dict[str, Any]]:
     """The EMA teacher and its manifest entry, on the VAE's device. The VAE must carry its latent
-    statistics."""
+    statistics. init: a trained teacher of cfg.dit's architecture to go on training (a warm restart of
+    the schedule, from its weights) instead of a fresh initialisation."""
+    if init is not None and init.config != cfg.dit:
+        raise ValueError(f"init is a DiT of {init.config}, not of the config's {cfg.dit}")
     if cfg.dit.latent_channels != vae.config.latent_channels:
         raise ValueError(
             f"DiT latent_channels {cfg.dit.latent_channels} != VAE's {vae.config.latent_channels}"
@@ -300,7 +303,7 @@ def train_dit(
     )
     log(f"[teacher] {len(data.latents)} clips, {len(data.text)} unique captions encoded")
     torch.manual_seed(seed)
-    dit = VideoDiT(cfg.dit).to(vae.latent_mean.device)
+    dit = (init if init is not None else VideoDiT(cfg.dit)).to(vae.latent_mean.device)
     generator = torch.Generator().manual_seed(seed)
     grounding_values: list[float] = []
 
