@@ -86,6 +86,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
     return out, outputs
 
 
+def _copy(src: Path, dest: Path, names: tuple[str, ...] | None = None) -> None:
+    """Copies the files `names` (default: all) of folder src into dest, so a test changes a copy."""
+    for name in names if names is not None else tuple(p.name for p in src.iterdir()):
+        (dest / name).write_bytes((src / name).read_bytes())
+
+
 def _manifest(out: Path) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads((out / MANIFEST).read_text())
     return manifest
@@ -270,8 +276,7 @@ def test_the_engine_serves_the_weights_folder(run: tuple[Path, dict[str, str]]) 
 
 def _copy_editing_distill(out: Path, to: Path, edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """A copy of the weights folder whose manifest's distill entry `edit` changed in place."""
-    for path in out.iterdir():
-        (to / path.name).write_bytes(path.read_bytes())
+    _copy(out, to)
     manifest = _manifest(to)
     edit(manifest["stages"]["distill"])
     (to / MANIFEST).write_text(json.dumps(manifest))
@@ -327,8 +332,7 @@ def test_students_sample_ancestrally_from_the_request_seed_and_the_teacher_does_
 
 def test_a_changed_weights_file_is_refused(run: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     out, _ = run
-    for path in out.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    _copy(out, tmp_path)
     with (tmp_path / student_file(4)).open("r+b") as f:
         f.seek(-4, 2)
         f.write(b"\x00\x01\x02\x03")
@@ -346,8 +350,7 @@ def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
     run: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     out, _ = run
-    for path in out.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    _copy(out, tmp_path)
     before = sha256_of(tmp_path / student_file(4))
     others = {n: sha256_of(tmp_path / student_file(n)) for n in (2, 1)}
     args = ["--config", "tiny", "--out", str(tmp_path), "--seed", "3"]
@@ -389,12 +392,10 @@ def test_train_resume_goes_on_from_the_teacher_in_the_folder(
     run: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     out, _ = run
-    for path in out.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    _copy(out, tmp_path)
     fresh = tmp_path / "fresh"  # the VAE (and the manifest that vouches for it) alone: nothing to resume
     fresh.mkdir()
-    for name in ("vae.safetensors", MANIFEST):
-        (fresh / name).write_bytes((out / name).read_bytes())
+    _copy(out, fresh, ("vae.safetensors", MANIFEST))
     before = sha256_of(tmp_path / "teacher.safetensors")
     first = _manifest(tmp_path)["stages"]["teacher"]
     args = ["train", "--config", "tiny", "--seed", "4", "--steps", "10"]

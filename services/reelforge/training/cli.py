@@ -78,9 +78,11 @@ _reading_order = click.option(
 )
 
 
-def _with_steps(cfg: Any, steps: int | None) -> Any:
+def _with_steps(cfg: Any, steps: int | None, **optim: float | None) -> Any:
+    """cfg with its optimiser's steps (and any other OptimConfig field given) overridden where not None."""
+    overrides = {k: v for k, v in {"steps": steps, **optim}.items() if v is not None}
     return (
-        cfg if steps is None else dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, steps=steps))
+        cfg if not overrides else dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, **overrides))
     )
 
 
@@ -180,11 +182,7 @@ def train_command(
 
     start = time.perf_counter()
     vae = load_vae(verified(_need(out / VAE_FILE, "train-vae"))).to(device).eval()
-    cfg = _with_steps(DIT_PRESETS[config_name], steps)
-    if lr is not None:
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
-    if warmup is not None:
-        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, warmup=warmup))
+    cfg = _with_steps(DIT_PRESETS[config_name], steps, lr=lr, warmup=warmup)
     if warmup is not None and warmup >= cfg.optim.steps:
         raise click.BadParameter(f"{warmup} must be below the {cfg.optim.steps} steps", param_hint="--warmup")
     if t_sampling is not None:
