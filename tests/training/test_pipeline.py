@@ -27,6 +27,7 @@ from reelforge.engine.checkpoints import (
 from reelforge.engine.interface import GenerationRequest, StepEvent
 from reelforge.engine.mini import MiniEngine
 from reelforge.training.cli import model
+from reelforge.training.clips import TWO_OBJECT_FRACTION
 from reelforge.training.distill import DISTILL_PRESETS, distill, start_errors
 from reelforge.training.evaluator import parse_prompt
 from reelforge.training.train_dit import build_dataset
@@ -386,6 +387,16 @@ def test_dmd_fine_tunes_the_4_step_student_in_place_once_per_distillation(
     assert result.exit_code == 0, result.output
     gan = _manifest(tmp_path)["stages"]["dmd"]["gan"]
     assert (gan["weight"], len(gan["student_losses"])) == (0.01, 3)
+    # --two-object-fraction sets the share of two-object captions the student is tuned on, and is recorded.
+    assert stage["two_object_fraction"] == TWO_OBJECT_FRACTION
+    tuned_on = {}
+    for share in (0.0, 1.0):
+        assert CliRunner().invoke(model, ["distill", *args]).exit_code == 0  # the same fresh student
+        result = CliRunner().invoke(model, ["dmd", *args, "--two-object-fraction", str(share)])
+        assert result.exit_code == 0, result.output
+        assert _manifest(tmp_path)["stages"]["dmd"]["two_object_fraction"] == share
+        tuned_on[share] = load_dit(tmp_path / student_file(4)).state_dict()
+    assert any(not torch.equal(a, tuned_on[1.0][k]) for k, a in tuned_on[0.0].items())
 
 
 def test_train_resume_goes_on_from_the_teacher_in_the_folder(

@@ -307,8 +307,20 @@ def distill_command(
     help="Weight of DMD2's GAN term in the student's loss: a head on the critic tells the student's clips "
     "from real training clips (default: the config's; 0, off, in the shipped recipe).",
 )
+@click.option(
+    "--two-object-fraction",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Override the share of the stage's clips (and captions) with two objects.",
+)
 def dmd_command(
-    config_name: str, steps: int | None, out: Path, seed: int, device: str, gan_weight: float | None
+    config_name: str,
+    steps: int | None,
+    out: Path,
+    seed: int,
+    device: str,
+    gan_weight: float | None,
+    two_object_fraction: float | None,
 ) -> None:
     """Fine-tune the folder's 4-step student by distribution matching (DMD2) against the guided teacher."""
     from reelforge.engine.checkpoints import (
@@ -329,6 +341,8 @@ def dmd_command(
     cfg = _with_steps(DMD_PRESETS[config_name], steps)
     if gan_weight is not None:
         cfg = dataclasses.replace(cfg, gan_weight=gan_weight)
+    if two_object_fraction is not None:
+        cfg = dataclasses.replace(cfg, two_object_fraction=two_object_fraction)
     path = _need(out / student_file(cfg.student_steps), "distill")
     stages = read_manifest(out)["stages"]
     if "dmd" in stages:

@@ -43,6 +43,7 @@ from torch import nn
 from reelforge.engine.dit import VideoDiT
 from reelforge.engine.sampler import flow_timesteps, guided_velocity
 from reelforge.engine.vae import VideoVAE
+from reelforge.training.clips import TWO_OBJECT_FRACTION
 from reelforge.training.distill import _velocity
 from reelforge.training.train_dit import LatentDataset, build_dataset, sample_batch
 from reelforge.training.train_vae import Log, OptimConfig, fit
@@ -62,6 +63,9 @@ class DMDConfig:
     critic_warmup: int = 50  # critic updates before the student's first: it starts as the teacher
     batch: int = 16
     clips: int = 1024  # their captions; their latents only as the GAN term's real clips
+    # Share of those clips (and so of the captions the student is trained on) with two objects; the
+    # teacher's data has clips.TWO_OBJECT_FRACTION.
+    two_object_fraction: float = TWO_OBJECT_FRACTION
     t_range: tuple[float, float] = (0.02, 0.98)  # tau, where the two scores are compared (DMD2's)
     # DMD2's GAN term, off in the shipped recipe: the student's weight (DMD2: 3e-3 on ImageNet, 5e-3 on
     # SDXL), the critic's (DMD2: 1e-2), and the block whose output the real/fake head reads (1 of 0..3: the
@@ -250,7 +254,7 @@ def dmd(
     renoise are the ones the student was distilled at and is sampled with (the weights folder's)."""
     if not 0 <= cfg.t_range[0] < cfg.t_range[1] <= 1:
         raise ValueError(f"t_range {cfg.t_range} must be two increasing times in [0, 1]")
-    data: LatentDataset = build_dataset(vae, cfg.clips, seed)
+    data: LatentDataset = build_dataset(vae, cfg.clips, seed, two_object_fraction=cfg.two_object_fraction)
     generator = torch.Generator().manual_seed(seed)
     times = flow_timesteps(cfg.student_steps, flow_shift).to(data.latents.device)
     shape = (cfg.batch, *data.latents.shape[1:])  # (B, Z, T', H', W')
@@ -329,6 +333,7 @@ def dmd(
         "critic_warmup": cfg.critic_warmup,
         "batch": cfg.batch,
         "clips": cfg.clips,
+        "two_object_fraction": cfg.two_object_fraction,
         "t_range": list(cfg.t_range),
         "guidance_scale": guidance_scale,
         **({"guidance_rescale": guidance_rescale} if guidance_rescale else {}),
