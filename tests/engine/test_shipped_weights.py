@@ -132,6 +132,8 @@ def test_the_default_configs_are_the_recipe_of_the_shipped_weights() -> None:
     )  # fmt: skip
     assert (tuple(dmd["t_range"]), dmd["guidance_scale"]) == (tuned.t_range, distill["guidance_scale"])
     assert dmd["renoise"] == STUDENT_RENOISE  # trained as the engine samples it
+    # The shipped stage ran before its share of two-object captions was recorded: the teacher's.
+    assert dmd.get("two_object_fraction", TWO_OBJECT_FRACTION) == tuned.two_object_fraction
 
 
 def test_default_request_is_served_by_the_4_step_student(engine: MiniEngine) -> None:
