@@ -78,6 +78,14 @@ _reading_order = click.option(
 )
 
 
+_two_object_fraction = click.option(  # distill and dmd: each stage draws its own clips
+    "--two-object-fraction",
+    type=click.FloatRange(min=0.0, max=1.0),
+    default=None,
+    help="Override the share of the stage's clips (and so of its captions) with two objects.",
+)
+
+
 def _with_steps(cfg: Any, steps: int | None, **optim: float | None) -> Any:
     """cfg with its optimiser's steps (and any other OptimConfig field given) overridden where not None."""
     overrides = {k: v for k, v in {"steps": steps, **optim}.items() if v is not None}
@@ -220,12 +228,7 @@ def train_command(
     default=None,
     help="Override the config's rescaled-guidance phi (0: plain classifier-free guidance; Lin et al. 2024).",
 )
-@click.option(
-    "--two-object-fraction",
-    type=click.FloatRange(min=0.0, max=1.0),
-    default=None,
-    help="Override the share of distillation clips (and captions) with two objects.",
-)
+@_two_object_fraction
 @click.option(
     "--first-round-steps",
     type=click.IntRange(min=1),
@@ -307,12 +310,7 @@ def distill_command(
     help="Weight of DMD2's GAN term in the student's loss: a head on the critic tells the student's clips "
     "from real training clips (default: the config's; 0, off, in the shipped recipe).",
 )
-@click.option(
-    "--two-object-fraction",
-    type=click.FloatRange(min=0.0, max=1.0),
-    default=None,
-    help="Override the share of the stage's clips (and captions) with two objects.",
-)
+@_two_object_fraction
 def dmd_command(
     config_name: str,
     steps: int | None,
